@@ -1,0 +1,100 @@
+"""Audio reading: soundfile for I/O, torchaudio for resampling; every failure names the file.
+
+``torchaudio.load`` needs FFmpeg/torchcodec, which is not a dependency here; soundfile (libsndfile)
+reads WAV, FLAC, OGG/Vorbis/Opus and MP3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+TARGET_SR = 16_000
+
+
+class AudioError(RuntimeError):
+    """An audio file that cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    sample_rate: int
+    channels: int
+    num_frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.sample_rate
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header information, without decoding the samples."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"audio file not found: {p}")
+    try:
+        info = sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"unreadable audio file {p}: {err}") from err
+    return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames))
+
+
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
+    """Band-limited sinc resampling (torchaudio), float32 in and out."""
+    if orig_sr == target_sr:
+        return wave.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    return AF.resample(t, orig_sr, target_sr).numpy()
+
+
+def load_audio(
+    path: str | Path,
+    target_sr: int = TARGET_SR,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
+    """Read ``path`` (optionally a segment), downmix to mono and resample to ``target_sr``.
+
+    Returns a float32 array in [-1, 1]. Raises :class:`AudioError` naming the file when it is missing,
+    unreadable, empty (or the segment is empty) or contains NaN/Inf.
+    """
+    info = audio_info(path)
+    start = int(round(offset * info.sample_rate))
+    stop = None if duration is None else start + int(round(duration * info.sample_rate))
+    if start > info.num_frames:
+        raise AudioError(f"segment offset {offset:.3f}s is past the end ({info.duration:.3f}s) of {path}")
+    try:
+        data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"unreadable audio file {path}: {err}") from err
+    if data.size == 0:
+        raise AudioError(f"empty audio in {path}")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file {path} contains NaN or Inf samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return resample(mono, sr, target_sr)
+
+
+def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = TARGET_SR) -> None:
+    """Write 16-bit FLAC through a temporary file (atomic)."""
+    import os
+    import tempfile
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".flac")
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,77 @@
+"""Atomic file writes and run directories.
+
+A run directory is complete when its ``summary.json`` exists; that file is always written last and
+atomically, so a crashed run never looks finished. An existing run directory is never overwritten
+unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SUMMARY = "summary.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def git_revision(start: Path | None = None) -> str:
+    """The git revision of the code (``+dirty`` when the tree has changes), or ``unknown``."""
+    here = Path(start or Path(__file__).resolve().parent)
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class RunDirExistsError(FileExistsError):
+    pass
+
+
+def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Create ``path`` as a fresh run directory; refuse an existing non-empty one unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        state = "a complete run" if (path / SUMMARY).exists() else "an incomplete run"
+        if not overwrite:
+            raise RunDirExistsError(f"run directory {path} already holds {state}; pass --overwrite to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / SUMMARY).is_file()
