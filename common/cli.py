@@ -1,0 +1,139 @@
+"""``asr-distill``: the command line. Each subcommand parses its arguments and calls library code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from common.config import ConfigError
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    logging.getLogger("lhotse").setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from common.config import load
+    from common.evaluate import EvalConfig, markdown_table, run_evaluation
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.manifest:
+        overrides.append("sets=[" + ",".join(args.manifest) + "]")
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    cfg = load(EvalConfig, args.config, overrides)
+    summary = run_evaluation(cfg, overwrite=args.overwrite)
+    print(markdown_table(summary, Path(cfg.model).name or cfg.model))
+    print(f"run directory: {cfg.out_dir}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from common.config import load
+    from common.data.synth import SynthConfig, synthesize_corpus
+
+    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
+    cfg = load(SynthConfig, args.config, overrides)
+    out = synthesize_corpus(cfg)
+    print(f"corpus in {out}")
+    for m in sorted(out.glob("*/manifest.jsonl")):
+        print(f"  {m}")
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from common.data.manifests import load_manifest
+    from common.audio import AudioError, load_audio
+
+    bad = 0
+    for spec in args.manifests:
+        cuts, report = load_manifest(spec, policy="skip")
+        if args.decode:  # full decode: finds files whose header is fine but whose data is corrupt
+            from common.data.manifests import Problem
+
+            for cut in cuts:
+                try:
+                    load_audio(cut.recording.sources[0].source, offset=cut.start, duration=cut.duration)
+                except AudioError as err:
+                    report.problems.append(Problem(cut.id, "undecodable_audio", str(err)))
+                    report.n_ok -= 1
+        print(report.summary(max_items=args.max_problems))
+        rates = ", ".join(f"{sr} Hz x{n}" for sr, n in sorted(report.sample_rates.items()))
+        print(f"  sample rates: {rates or '-'}; audio: {report.total_seconds / 3600:.3f} h")
+        bad += report.n_bad
+    return 1 if bad else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from common.demo import run_demo
+
+    run_demo(Path(args.out), corpus_dir=Path(args.corpus) if args.corpus else None)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asr-distill", description="Knowledge distillation of speech recognition models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ev = sub.add_parser("evaluate", help="decode test sets and score WER/CER into a run directory")
+    ev.add_argument("-c", "--config", help="YAML config (common.evaluate.EvalConfig)")
+    ev.add_argument("--model", help="bundled:tiny.en, a local model directory or a hub id")
+    ev.add_argument("--manifest", action="append", help="a test manifest (repeatable); the set is named after its folder")
+    ev.add_argument("--out", help="run directory")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. decoding.num_beams=4")
+    ev.set_defaults(func=cmd_evaluate)
+
+    data = sub.add_parser("data", help="corpus tools: synth, validate")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    sy = dsub.add_parser("synth", help="synthesise the embedded English/Mandarin corpus with espeak-ng (cached)")
+    sy.add_argument("-c", "--config", help="YAML config (common.data.synth.SynthConfig)")
+    sy.add_argument("--out", help="output directory")
+    sy.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. seed=1 en_sizes=[100,10,10]")
+    sy.set_defaults(func=cmd_data_synth)
+    va = dsub.add_parser("validate", help="report missing/unreadable audio, bad text, duration and rate mismatches")
+    va.add_argument("manifests", nargs="+", help="manifests (JSONL, Lhotse, Kaldi dir, hf:NAME[:SPLIT])")
+    va.add_argument("--decode", action="store_true", help="also decode every file completely")
+    va.add_argument("--max-problems", type=int, default=20, help="problems listed per manifest")
+    va.set_defaults(func=cmd_data_validate)
+
+    de = sub.add_parser("demo", help="the main job on the embedded default corpus; prints the results table(s)")
+    de.add_argument("--out", default="runs/demo", help="demo run directory")
+    de.add_argument("--corpus", help="synthetic corpus directory (default: cache folder)")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet()
+    from common.audio import AudioError
+    from common.data.manifests import ManifestError
+    from common.io import RunDirExistsError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError) as err:
+        print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""``AudioDataModule``: Lhotse cuts -> duration-bucketed batches -> the model's features and tokens.
+
+Features and tokenisation are not hard-coded: a *collator* (``(audios, texts, languages) -> dict``),
+built from the model's processor/tokenizer, is injected. The dataset loads audio with
+:func:`common.audio.load_audio` (mono, 16 kHz) and applies the bad-sample policy to audio that fails
+to decode: ``error`` raises naming the file, ``skip`` drops the utterance and reports it in the batch
+(``batch["skipped"]``) so the consumer can count it.
+
+Batch size is global seconds of audio (``batch_seconds``); each rank gets ``batch_seconds / world_size``.
+The training sampler's state is part of the datamodule state, so a resumed run continues mid-epoch
+with the same batches. Trainers must use ``use_distributed_sampler=False`` (Lhotse samplers shard
+by rank themselves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+from common.audio import AudioError, load_audio
+from common.data.manifests import ValidationReport, load_manifest, set_name
+
+Collator = Callable[[list[np.ndarray], list[str], list[str]], dict[str, Any]]
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is batched."""
+
+    train: list[str] = field(default_factory=list)
+    """Training manifests (JSONL, Lhotse, Kaldi dir or hf:NAME[:SPLIT]); concatenated."""
+    dev: list[str] = field(default_factory=list)
+    """Validation manifests; each is a set named after its parent folder."""
+    test: list[str] = field(default_factory=list)
+    """Test manifests; each is a set named after its parent folder."""
+    batch_seconds: float = 120.0
+    """Global seconds of audio per batch (divided by the world size per rank)."""
+    max_cuts: Optional[int] = None
+    """Upper bound on utterances per batch per rank (None: no bound)."""
+    num_buckets: int = 8
+    """Duration buckets of the training sampler."""
+    min_duration: float = 0.2
+    """Utterances shorter than this (s) are left out of training."""
+    max_duration: float = 30.0
+    """Utterances longer than this (s) are left out of training (Whisper's window is 30 s)."""
+    shuffle: bool = True
+    """Shuffle training batches."""
+    seed: int = 0
+    """Sampler seed."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    bad_sample_policy: Literal["error", "skip"] = "error"
+    """error: refuse to start on a bad manifest row / fail on undecodable audio; skip: drop and count."""
+    drop_last: bool = False
+    """Drop the last incomplete training batch."""
+
+    def __post_init__(self) -> None:
+        if self.batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be > 0, got {self.batch_seconds}")
+        if not 0 <= self.min_duration < self.max_duration:
+            raise ValueError(f"need 0 <= min_duration < max_duration, got {self.min_duration}, {self.max_duration}")
+        if self.num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """Map a ``CutSet`` batch (from a Lhotse sampler) to the collator's tensors plus metadata."""
+
+    def __init__(self, collate: Collator, policy: Literal["error", "skip"] = "error") -> None:
+        self.collate = collate
+        self.policy = policy
+
+    def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        audios, texts, langs, ids, durations, skipped = [], [], [], [], [], []
+        for cut in cuts:
+            src = cut.recording.sources[0].source
+            try:
+                audio = load_audio(src, offset=cut.start, duration=cut.duration)
+            except AudioError as err:
+                if self.policy == "error":
+                    raise
+                skipped.append((cut.id, str(err)))
+                continue
+            sup = cut.supervisions[0]
+            audios.append(audio)
+            texts.append(sup.text)
+            langs.append(sup.language)
+            ids.append(cut.id)
+            durations.append(cut.duration)
+        batch: dict[str, Any] = self.collate(audios, texts, langs) if audios else {}
+        batch.update(ids=ids, texts=texts, languages=langs, durations=durations, skipped=skipped)
+        return batch
+
+
+def _dist_info(trainer: Optional[L.Trainer]) -> tuple[int, int]:
+    if trainer is not None:
+        return trainer.world_size, trainer.global_rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def eval_loader(cuts: CutSet, collate: Collator, batch_seconds: float, policy: str = "error", num_workers: int = 0,
+                max_cuts: Optional[int] = None, world_size: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
+    """Sequential (unshuffled) batches of ``cuts``, sharded by rank."""
+    sampler = DynamicCutSampler(cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False,
+                                world_size=world_size, rank=rank)
+    return torch.utils.data.DataLoader(AsrDataset(collate, policy), sampler=sampler, batch_size=None, num_workers=num_workers)
+
+
+class AudioDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, collate_train: Collator, collate_eval: Optional[Collator] = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.collate_train = collate_train
+        self.collate_eval = collate_eval or collate_train
+        self.train_cuts: Optional[CutSet] = None
+        self.dev_sets: dict[str, CutSet] = {}
+        self.test_sets: dict[str, CutSet] = {}
+        self.reports: list[ValidationReport] = []
+        self._sampler: Optional[DynamicBucketingSampler] = None
+        self._sampler_state: Optional[dict] = None
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load(self, specs: Sequence[str]) -> dict[str, CutSet]:
+        out: dict[str, CutSet] = {}
+        for spec in specs:
+            cuts, report = load_manifest(spec, self.cfg.bad_sample_policy)
+            self.reports.append(report)
+            name = set_name(spec)
+            if name in out:
+                raise ValueError(f"two manifests give the set name {name!r}; put them in differently named folders")
+            out[name] = cuts
+        return out
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_cuts is None and self.cfg.train:
+            train = list(self._load(self.cfg.train).values())
+            cuts = train[0] if len(train) == 1 else CutSet.from_cuts(c for cs in train for c in cs)
+            lo, hi = self.cfg.min_duration, self.cfg.max_duration
+            self.train_cuts = cuts.filter(lambda c: lo <= c.duration <= hi).to_eager()
+            if len(self.train_cuts) == 0:
+                raise ValueError(f"no training utterance lasts between {lo} and {hi} s")
+        if not self.dev_sets and self.cfg.dev:
+            self.dev_sets = self._load(self.cfg.dev)
+        if not self.test_sets and self.cfg.test:
+            self.test_sets = self._load(self.cfg.test)
+
+    def validation_report(self) -> str:
+        return "\n".join(r.summary() for r in self.reports)
+
+    # -- loaders --------------------------------------------------------------------------------
+    def train_sampler(self) -> DynamicBucketingSampler:
+        world, rank = _dist_info(getattr(self, "trainer", None))
+        sampler = DynamicBucketingSampler(
+            self.train_cuts,
+            max_duration=self.cfg.batch_seconds / world,
+            max_cuts=self.cfg.max_cuts,
+            num_buckets=self.cfg.num_buckets,
+            shuffle=self.cfg.shuffle,
+            drop_last=self.cfg.drop_last,
+            seed=self.cfg.seed,
+            world_size=world,
+            rank=rank,
+        )
+        if self._sampler_state is not None:
+            sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return sampler
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        if self.train_cuts is None:
+            raise RuntimeError("no training manifests configured (data.train)")
+        self._sampler = self.train_sampler()
+        ds = AsrDataset(self.collate_train, self.cfg.bad_sample_policy)
+        return torch.utils.data.DataLoader(ds, sampler=self._sampler, batch_size=None, num_workers=self.cfg.num_workers)
+
+    def _eval_loaders(self, sets: dict[str, CutSet]) -> list[torch.utils.data.DataLoader]:
+        world, rank = _dist_info(getattr(self, "trainer", None))
+        return [
+            eval_loader(c, self.collate_eval, self.cfg.batch_seconds / world, self.cfg.bad_sample_policy,
+                        self.cfg.num_workers, self.cfg.max_cuts, world, rank)
+            for c in sets.values()
+        ]
+
+    def val_dataloader(self):
+        return self._eval_loaders(self.dev_sets)
+
+    def test_dataloader(self):
+        return self._eval_loaders(self.test_sets)
+
+    @property
+    def dev_names(self) -> list[str]:
+        return list(self.dev_sets)
+
+    # -- resumable sampler state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self._sampler.state_dict()} if self._sampler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sampler_state = state.get("sampler")

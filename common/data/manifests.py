@@ -1,0 +1,385 @@
+"""Manifest importers -> Lhotse ``CutSet``, with up-front validation.
+
+Formats (``load_manifest`` picks one from the path):
+
+* NeMo-style JSONL: ``audio_filepath`` (relative to the manifest or absolute), ``text``, optional
+  ``duration`` (read from the file when absent), ``language`` (detected from the text when absent),
+  ``offset`` (seconds), ``id``.
+* Lhotse cut manifest (``.jsonl``/``.jsonl.gz`` whose rows are cuts): supervision text and language.
+* Hugging Face ``datasets``: ``hf:NAME_OR_PATH[:SPLIT]`` or :func:`from_hf_dataset`; the audio column
+  is read with ``Audio(decode=False)`` and decoded by soundfile.
+* Kaldi data directory: ``wav.scp`` (plain paths), ``text``, optional ``segments`` and ``utt2lang``.
+
+Every row is checked when the manifest is read: missing file, unreadable header, zero-length audio,
+empty or non-UTF-8 text, a declared duration or sample rate that disagrees with the file, a segment
+past the end of its file. With policy ``error`` the first problems are listed in a
+:class:`ManifestError` and nothing starts; with ``skip`` the bad rows are dropped and counted in the
+returned :class:`ValidationReport`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from lhotse import CutSet, Recording, SupervisionSegment
+from lhotse.audio import AudioSource
+
+from common.audio import AudioError, audio_info
+from common.text import detect_language
+
+BadSamplePolicy = Literal["error", "skip"]
+DURATION_TOLERANCE = 0.1  # seconds; a declared duration further off than this is a problem
+_LANG_ALIASES = {"english": "en", "en": "en", "zh": "zh", "chinese": "zh", "mandarin": "zh", "cmn": "zh", "zh-cn": "zh"}
+
+
+class ManifestError(ValueError):
+    """A manifest that fails validation under policy ``error``."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str  # manifest path and line/utterance id
+    kind: str  # missing_audio | unreadable_audio | empty_audio | empty_text | non_utf8 | bad_json | duration_mismatch | sample_rate_mismatch | bad_segment | bad_language
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.kind}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    manifest: str
+    n_rows: int = 0
+    n_ok: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    sample_rates: dict[int, int] = field(default_factory=dict)
+    total_seconds: float = 0.0
+
+    @property
+    def n_bad(self) -> int:
+        return self.n_rows - self.n_ok
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.problems:
+            out[p.kind] = out.get(p.kind, 0) + 1
+        return out
+
+    def summary(self, max_items: int = 5) -> str:
+        head = f"{self.manifest}: {self.n_rows} rows, {self.n_ok} ok, {self.n_bad} bad"
+        if not self.problems:
+            return head
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))
+        lines = [f"{head} ({kinds})"] + [f"  {p}" for p in self.problems[:max_items]]
+        if len(self.problems) > max_items:
+            lines.append(f"  ... and {len(self.problems) - max_items} more")
+        return "\n".join(lines)
+
+
+def normalise_language(lang: Any, text: str) -> str | None:
+    if lang is None or lang == "":
+        return detect_language(text)
+    return _LANG_ALIASES.get(str(lang).strip().lower())
+
+
+def _make_cut(
+    uid: str,
+    path: Path,
+    text: str,
+    language: str,
+    report: ValidationReport,
+    source: str,
+    offset: float = 0.0,
+    duration: float | None = None,
+    declared_sr: int | None = None,
+    is_segment: bool = False,
+):
+    """Validate one utterance against its audio header; return a cut or record a problem.
+
+    ``is_segment``: ``duration`` is a segment length starting at ``offset``; otherwise it is the declared
+    length of the whole file and must agree with it.
+    """
+    try:
+        info = audio_info(path)
+    except AudioError as err:
+        kind = "missing_audio" if "not found" in str(err) else "unreadable_audio"
+        report.problems.append(Problem(source, kind, str(err)))
+        return None
+    if info.num_frames == 0:
+        report.problems.append(Problem(source, "empty_audio", f"no samples in {path}"))
+        return None
+    if declared_sr is not None and int(declared_sr) != info.sample_rate:
+        report.problems.append(
+            Problem(source, "sample_rate_mismatch", f"manifest says {declared_sr} Hz, {path} is {info.sample_rate} Hz")
+        )
+        return None
+    if duration is not None and not is_segment and abs(duration - info.duration) > DURATION_TOLERANCE:
+        msg = f"manifest duration {duration:.3f}s but {path} lasts {info.duration:.3f}s"
+        report.problems.append(Problem(source, "duration_mismatch", msg))
+        return None
+    seg_dur = info.duration - offset if (duration is None or not is_segment) else duration
+    if offset < 0 or seg_dur <= 0 or offset + seg_dur > info.duration + DURATION_TOLERANCE:
+        msg = f"segment [{offset:.3f}, {offset + seg_dur:.3f}]s outside {path} ({info.duration:.3f}s)"
+        report.problems.append(Problem(source, "bad_segment", msg))
+        return None
+    seg_dur = min(seg_dur, info.duration - offset)
+    rec = Recording(
+        id=f"{uid}__rec",
+        sources=[AudioSource(type="file", channels=list(range(info.channels)), source=str(path))],
+        sampling_rate=info.sample_rate,
+        num_samples=info.num_frames,
+        duration=info.duration,
+    )
+    cut = rec.to_cut().truncate(offset=offset, duration=seg_dur, preserve_id=False)
+    cut.id = uid
+    channel = 0 if info.channels == 1 else list(range(info.channels))
+    cut.supervisions = [
+        SupervisionSegment(id=uid, recording_id=rec.id, start=0.0, duration=cut.duration, channel=channel, text=text, language=language)
+    ]
+    report.sample_rates[info.sample_rate] = report.sample_rates.get(info.sample_rate, 0) + 1
+    report.total_seconds += cut.duration
+    report.n_ok += 1
+    return cut
+
+
+def _check_text(text: Any, source: str, report: ValidationReport) -> str | None:
+    if not isinstance(text, str) or not text.strip():
+        report.problems.append(Problem(source, "empty_text", f"empty or missing transcript ({text!r})"))
+        return None
+    return text.strip()
+
+
+def _finish(cuts: list, report: ValidationReport, policy: BadSamplePolicy) -> tuple[CutSet, ValidationReport]:
+    if report.problems and policy == "error":
+        raise ManifestError(
+            f"manifest {report.manifest} has {report.n_bad} bad row(s) (bad_sample_policy=error; use 'skip' to drop "
+            f"and count them):\n" + report.summary()
+        )
+    ids = [c.id for c in cuts]
+    if len(set(ids)) != len(ids):
+        raise ManifestError(f"manifest {report.manifest}: duplicate utterance ids")
+    return CutSet.from_cuts(cuts), report
+
+
+def _iter_lines(path: Path) -> Iterable[tuple[int, bytes]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield lineno, raw
+
+
+def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutSet, ValidationReport]:
+    """NeMo-style JSONL manifest (see module doc)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    report = ValidationReport(str(path))
+    cuts = []
+    for lineno, raw in _iter_lines(path):
+        report.n_rows += 1
+        src = f"{path}:{lineno}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            report.problems.append(Problem(src, "non_utf8", f"line is not valid UTF-8 ({err.reason} at byte {err.start})"))
+            continue
+        except json.JSONDecodeError as err:
+            report.problems.append(Problem(src, "bad_json", str(err)))
+            continue
+        if not isinstance(row, dict) or "audio_filepath" not in row:
+            report.problems.append(Problem(src, "bad_json", "row has no 'audio_filepath'"))
+            continue
+        text = _check_text(row.get("text"), src, report)
+        if text is None:
+            continue
+        language = normalise_language(row.get("language"), text)
+        if language is None:
+            report.problems.append(Problem(src, "bad_language", f"unknown language {row.get('language')!r} (known: en, zh)"))
+            continue
+        audio = Path(row["audio_filepath"])
+        audio = audio if audio.is_absolute() else path.parent / audio
+        uid = str(row.get("id") or f"{path.parent.name}/{Path(row['audio_filepath']).with_suffix('').as_posix()}")
+        if "offset" in row and float(row.get("offset") or 0) > 0:
+            uid = f"{uid}@{float(row['offset']):.3f}"
+        cut = _make_cut(
+            uid, audio, text, language, report, src,
+            offset=float(row.get("offset") or 0.0),
+            duration=None if row.get("duration") is None else float(row["duration"]),
+            declared_sr=row.get("sample_rate"),
+            is_segment="offset" in row,
+        )
+        if cut is not None:
+            cuts.append(cut)
+    return _finish(cuts, report, policy)
+
+
+def from_lhotse(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutSet, ValidationReport]:
+    """A Lhotse cut manifest; each cut must have one supervision with text."""
+    path = Path(path)
+    report = ValidationReport(str(path))
+    cuts = []
+    for cut in CutSet.from_file(path):
+        report.n_rows += 1
+        src = f"{path}:{cut.id}"
+        sup = cut.supervisions[0] if cut.supervisions else None
+        text = _check_text(sup.text if sup else None, src, report)
+        if text is None:
+            continue
+        language = normalise_language(sup.language, text)
+        if language is None:
+            report.problems.append(Problem(src, "bad_language", f"unknown language {sup.language!r}"))
+            continue
+        source = cut.recording.sources[0]
+        if source.type != "file":
+            report.problems.append(Problem(src, "unreadable_audio", f"audio source type {source.type!r} is not supported (only files)"))
+            continue
+        new = _make_cut(cut.id, Path(source.source), text, language, report, src, offset=cut.start, duration=cut.duration, is_segment=True)
+        if new is not None:
+            cuts.append(new)
+    return _finish(cuts, report, policy)
+
+
+def from_kaldi_dir(path: str | Path, policy: BadSamplePolicy = "error", language: str | None = None) -> tuple[CutSet, ValidationReport]:
+    """A Kaldi data directory: ``wav.scp`` (``rec_id path``), ``text`` (``utt_id words``), optional
+    ``segments`` (``utt_id rec_id start end``) and ``utt2lang``."""
+    path = Path(path)
+    report = ValidationReport(str(path))
+
+    def table(name: str) -> dict[str, str]:
+        f = path / name
+        out: dict[str, str] = {}
+        if not f.is_file():
+            return out
+        for lineno, raw in _iter_lines(f):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                report.problems.append(Problem(f"{f}:{lineno}", "non_utf8", "line is not valid UTF-8"))
+                continue
+            key, _, value = line.partition(" ")
+            out[key] = value.strip()
+        return out
+
+    if not (path / "wav.scp").is_file() or not (path / "text").is_file():
+        raise ManifestError(f"{path} is not a Kaldi data directory (needs wav.scp and text)")
+    wavs, texts, segments, langs = table("wav.scp"), table("text"), table("segments"), table("utt2lang")
+    cuts = []
+    rows = segments if segments else {k: f"{k} 0 -1" for k in wavs}
+    for utt, seg in rows.items():
+        report.n_rows += 1
+        src = f"{path}:{utt}"
+        rec_id, start, end = seg.split()[:3]
+        wav = wavs.get(rec_id)
+        if wav is None or wav.endswith("|"):
+            msg = f"recording {rec_id} not in wav.scp" if wav is None else f"piped wav.scp entries are not supported: {wav}"
+            report.problems.append(Problem(src, "missing_audio" if wav is None else "unreadable_audio", msg))
+            continue
+        text = _check_text(texts.get(utt), src, report)
+        if text is None:
+            continue
+        lang = normalise_language(langs.get(utt, language), text)
+        if lang is None:
+            report.problems.append(Problem(src, "bad_language", f"unknown language {langs.get(utt, language)!r}"))
+            continue
+        offset, stop = float(start), float(end)
+        cut = _make_cut(utt, Path(wav), text, lang, report, src, offset=offset, duration=None if stop < 0 else stop - offset, is_segment=True)
+        if cut is not None:
+            cuts.append(cut)
+    report.n_rows += sum(1 for p in report.problems if p.kind == "non_utf8")
+    return _finish(cuts, report, policy)
+
+
+def from_hf_dataset(
+    dataset: Any,
+    cache_dir: str | Path,
+    audio_column: str = "audio",
+    text_column: str = "text",
+    language: str | None = None,
+    policy: BadSamplePolicy = "error",
+    name: str = "hf",
+) -> tuple[CutSet, ValidationReport]:
+    """A ``datasets.Dataset`` split with an audio column. Audio held as bytes is written once to
+    ``cache_dir`` (FLAC/WAV as stored) so cuts always point to files."""
+    from datasets import Audio
+
+    ds = dataset.cast_column(audio_column, Audio(decode=False))
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    report = ValidationReport(f"{name}")
+    cuts = []
+    for i, row in enumerate(ds):
+        report.n_rows += 1
+        src = f"{name}[{i}]"
+        text = _check_text(row.get(text_column), src, report)
+        if text is None:
+            continue
+        lang = normalise_language(row.get("language", language), text)
+        if lang is None:
+            report.problems.append(Problem(src, "bad_language", f"unknown language {row.get('language', language)!r}"))
+            continue
+        audio = row[audio_column]
+        if audio.get("bytes"):
+            suffix = Path(audio.get("path") or "x.wav").suffix or ".wav"
+            target = cache_dir / f"{name.replace('/', '_')}_{i:08d}{suffix}"
+            if not target.exists():
+                from common.io import atomic_write_bytes
+
+                atomic_write_bytes(target, audio["bytes"])
+            apath = target
+        else:
+            apath = Path(audio.get("path") or "")
+        cut = _make_cut(f"{name}_{i:08d}", apath, text, lang, report, src)
+        if cut is not None:
+            cuts.append(cut)
+    return _finish(cuts, report, policy)
+
+
+def load_manifest(spec: str | Path, policy: BadSamplePolicy = "error", cache_dir: str | Path | None = None) -> tuple[CutSet, ValidationReport]:
+    """Read any supported manifest (format chosen from ``spec``); see the module doc."""
+    s = str(spec)
+    if s.startswith("hf:"):
+        from datasets import load_dataset, load_from_disk
+
+        ref = s[3:]
+        name, _, split = ref.partition(":")
+        ds = load_from_disk(name) if Path(name).is_dir() else load_dataset(name, split=split or "test")
+        if split and hasattr(ds, "keys"):
+            ds = ds[split]
+        from common.whisper import cache_root
+
+        return from_hf_dataset(ds, cache_dir or cache_root() / "hf_audio", policy=policy, name=Path(name).name + (f"_{split}" if split else ""))
+    p = Path(s)
+    if p.is_dir():
+        if (p / "wav.scp").is_file():
+            return from_kaldi_dir(p, policy)
+        if (p / "manifest.jsonl").is_file():
+            return from_jsonl(p / "manifest.jsonl", policy)
+        raise ManifestError(f"{p}: a directory that is neither a Kaldi data dir nor holds manifest.jsonl")
+    if not p.is_file():
+        raise ManifestError(f"manifest not found: {p}")
+    if _looks_like_lhotse(p):
+        return from_lhotse(p, policy)
+    return from_jsonl(p, policy)
+
+
+def _looks_like_lhotse(p: Path) -> bool:
+    try:
+        for _, raw in _iter_lines(p):
+            row = json.loads(raw.decode("utf-8"))
+            return isinstance(row, dict) and ("recording" in row or row.get("type") in ("MonoCut", "MultiCut"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+        return False
+    return False
+
+
+def set_name(spec: str | Path) -> str:
+    """A test-set name for a manifest: its parent folder (or the directory itself)."""
+    p = Path(str(spec).removeprefix("hf:"))
+    if p.is_dir():
+        return p.name
+    return p.parent.name or p.stem

@@ -1,0 +1,189 @@
+"""A synthetic English and Mandarin speech corpus: a seeded sentence generator + espeak-ng.
+
+Layout written under ``out_dir`` (one folder per language and split, so a manifest's parent folder
+names the test set)::
+
+    en_train/manifest.jsonl  en_train/audio/*.flac   en_dev/...  en_test/...
+    zh_train/...             zh_dev/...              zh_test/...
+    synth.json               (the arguments; written last, marks the corpus complete)
+
+Deterministic by seed: the same arguments give the same texts, voices and samples. A second call with
+the same arguments finds ``synth.json`` and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.audio import TARGET_SR, resample, write_flac
+from common.io import atomic_write_json, atomic_write_text
+
+SPLITS = ("train", "dev", "test")
+
+# ----------------------------------------------------------------------------------------------
+# Sentence generators (the vocabulary is ours; combinations give tens of millions of sentences)
+# ----------------------------------------------------------------------------------------------
+_EN = {
+    "name": ["alice", "bob", "carol", "david", "emma", "frank", "grace", "henry", "julia", "kevin", "laura", "michael",
+             "nina", "oliver", "paula", "robert", "sarah", "thomas", "victor", "wendy"],
+    "adj": ["small", "large", "red", "green", "blue", "old", "new", "quiet", "busy", "bright", "dark", "warm", "cold",
+            "heavy", "light", "quick", "slow", "happy", "careful", "strange", "empty", "golden", "wooden", "simple"],
+    "noun": ["dog", "cat", "house", "car", "river", "garden", "window", "teacher", "doctor", "farmer", "letter", "book",
+             "table", "train", "city", "bridge", "market", "student", "kitchen", "mountain", "forest", "picture",
+             "village", "island", "station", "machine", "computer", "report", "meeting", "song"],
+    "place": ["the park", "the station", "the office", "the library", "the market", "the hospital", "the school",
+              "the museum", "the harbour", "the airport", "the village", "the kitchen"],
+    "verb_past": ["found", "painted", "opened", "closed", "carried", "watched", "cleaned", "moved", "visited", "built",
+                  "sold", "bought", "fixed", "followed", "described", "remembered", "noticed", "finished"],
+    "verb_inf": ["read", "write", "visit", "clean", "repair", "paint", "explain", "open", "deliver", "count", "check",
+                 "describe", "carry", "measure"],
+    "time": ["yesterday", "today", "this morning", "last week", "on monday", "in the evening", "after lunch",
+             "before dinner", "every day", "at night", "next year", "in the spring"],
+    "number": ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "twenty",
+               "thirty", "forty", "fifty", "one hundred"],
+}
+_EN_TEMPLATES = [
+    "{name} {verb_past} the {adj} {noun} {time}",
+    "the {adj} {noun} was near {place}",
+    "{name} wants to {verb_inf} the {noun} at {place}",
+    "there are {number} {noun}s in {place}",
+    "{time} {name} and {name2} {verb_past} a {adj} {noun}",
+    "please {verb_inf} the {adj} {noun} before {name} arrives",
+    "we saw {number} {adj} {noun}s {time}",
+    "the {noun} in {place} is very {adj}",
+    "did {name} {verb_inf} the {noun} {time}",
+    "{name} said that the {noun} looked {adj}",
+]
+_ZH = {
+    "name": ["小明", "小红", "王老师", "李医生", "张先生", "刘阿姨", "我们", "他们", "我", "你", "她", "同学们"],
+    "time": ["今天", "明天", "昨天", "上午", "下午", "晚上", "周末", "现在", "去年", "明年"],
+    "place": ["北京", "上海", "学校", "医院", "公司", "市场", "图书馆", "公园", "车站", "家里", "饭店", "银行"],
+    "verb_obj": ["看书", "写字", "吃饭", "开会", "上课", "买菜", "打电话", "做作业", "听音乐", "学习中文", "工作", "休息",
+                 "买东西", "看电影", "喝茶"],
+    "adj": ["很好", "很大", "很忙", "很热", "很冷", "很高兴", "很漂亮", "很安静", "很干净", "很重要"],
+    "noun": ["天气", "房子", "城市", "问题", "学生", "朋友", "电脑", "手机", "衣服", "水果", "汽车", "飞机"],
+    "number": ["一", "两", "三", "四", "五", "六", "七", "八", "九", "十"],
+    "measure": ["个", "本", "辆", "件", "张"],
+}
+_ZH_TEMPLATES = [
+    "{name}{time}在{place}{verb_obj}",
+    "{time}的{noun}{adj}",
+    "{name}想去{place}{verb_obj}",
+    "{place}有{number}{measure}{noun}",
+    "{name}{time}要去{place}",
+    "这个{noun}{adj}",
+    "{name}觉得{place}{adj}",
+    "{name}和{name2}一起{verb_obj}",
+]
+
+
+def generate_sentence(rng: random.Random, language: str) -> str:
+    """One sentence from the language's templates (lower-case English without punctuation, Mandarin Han)."""
+    lex, templates = (_EN, _EN_TEMPLATES) if language == "en" else (_ZH, _ZH_TEMPLATES)
+    tpl = rng.choice(templates)
+    values = {k: rng.choice(v) for k, v in lex.items()}
+    values["name2"] = rng.choice([n for n in lex["name"] if n != values["name"]])
+    return tpl.format(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthesis
+# ----------------------------------------------------------------------------------------------
+_VOICES = {
+    "en": ["en-us", "en", "en-gb-x-rp", "en-us-nyc", "en-gb-scotland", "en-029"],
+    "zh": ["cmn"],
+}
+_VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+f1", "+f2", "+f3", "+f4"]
+
+
+@dataclass
+class SynthConfig:
+    """Arguments of ``asr-distill data synth`` (the cache key is their JSON)."""
+
+    out_dir: str = "data/synth"
+    """Where the corpus is written."""
+    seed: int = 0
+    """Seed of the sentence generator, voices, rates, pitches and noise."""
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    """Languages to synthesise (en, zh)."""
+    en_sizes: list[int] = field(default_factory=lambda: [1200, 100, 100])
+    """English utterances in train, dev, test."""
+    zh_sizes: list[int] = field(default_factory=lambda: [400, 50, 50])
+    """Mandarin utterances in train, dev, test."""
+    noise_prob: float = 0.3
+    """Probability that white noise is added to an utterance."""
+    snr_db: list[float] = field(default_factory=lambda: [15.0, 35.0])
+    """Range of the signal-to-noise ratio (dB) of added noise."""
+
+    def __post_init__(self) -> None:
+        for lang in self.languages:
+            if lang not in _VOICES:
+                raise ValueError(f"languages: unknown language {lang!r} (known: en, zh)")
+        for name in ("en_sizes", "zh_sizes"):
+            sizes = getattr(self, name)
+            if len(sizes) != 3 or min(sizes) < 0:
+                raise ValueError(f"{name}: expected three non-negative sizes (train, dev, test), got {sizes}")
+        if not 0.0 <= self.noise_prob <= 1.0:
+            raise ValueError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+
+
+def _add_noise(wave: np.ndarray, rng: np.random.Generator, snr_db: float) -> np.ndarray:
+    power = float(np.mean(wave**2)) + 1e-12
+    noise = rng.standard_normal(wave.shape).astype(np.float32) * np.sqrt(power / 10 ** (snr_db / 10))
+    return wave + noise
+
+
+def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> Path:
+    """Write the corpus (see module doc); return ``out_dir``. Cached by the arguments."""
+    from tqdm import tqdm
+
+    from common.data.tts import Espeak
+
+    out = Path(cfg.out_dir)
+    stamp = out / "synth.json"
+    args = asdict(cfg)
+    args.pop("out_dir")
+    if stamp.is_file() and json.loads(stamp.read_text()).get("args") == args:
+        return out
+    tts = Espeak.get()
+    total = sum(sum(getattr(cfg, f"{lang}_sizes")) for lang in cfg.languages)
+    bar = tqdm(total=total, desc="synthesising", disable=not progress, unit="utt")
+    for lang in cfg.languages:
+        sizes = getattr(cfg, f"{lang}_sizes")
+        seen: set[str] = set()  # keep texts disjoint across splits, so dev/test measure generalisation
+        for split, n in zip(SPLITS, sizes):
+            split_dir = out / f"{lang}_{split}"
+            rng = random.Random(f"{cfg.seed}-{lang}-{split}")
+            nrng = np.random.default_rng(random.Random(f"{cfg.seed}-{lang}-{split}-noise").getrandbits(63))
+            rows = []
+            for i in range(n):
+                text = generate_sentence(rng, lang)
+                while text in seen:
+                    text = generate_sentence(rng, lang)
+                seen.add(text)
+                voice = rng.choice(_VOICES[lang]) + rng.choice(_VARIANTS)
+                rate, pitch = rng.randint(120, 175), rng.randint(30, 70)
+                wave = resample(tts.synth(text, voice=voice, rate=rate, pitch=pitch), tts.sample_rate, TARGET_SR)
+                wave = wave / max(1e-3, float(np.abs(wave).max())) * 0.8
+                snr = None
+                if rng.random() < cfg.noise_prob:
+                    snr = rng.uniform(*cfg.snr_db)
+                    wave = _add_noise(wave, nrng, snr)
+                uid = f"synth_{lang}_{split}_{i:05d}"
+                rel = f"audio/{uid}.flac"
+                write_flac(split_dir / rel, wave, TARGET_SR)
+                rows.append({
+                    "audio_filepath": rel, "text": text, "language": lang,
+                    "duration": round(len(wave) / TARGET_SR, 4), "id": uid,
+                    "voice": voice, "rate": rate, "pitch": pitch, "snr_db": None if snr is None else round(snr, 1),
+                })
+                bar.update(1)
+            atomic_write_text(split_dir / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    bar.close()
+    atomic_write_json(stamp, {"args": args, "generator": "asr-distill synth v1"})
+    return out

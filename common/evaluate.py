@@ -1,0 +1,199 @@
+"""Batched decoding of test sets, corpus-level WER/CER, and a run directory with everything kept.
+
+Run directory layout::
+
+    config.yaml            resolved config        meta.json   git revision, model, device, timings
+    SET/hyp.txt, SET/ref.txt   "id<TAB>text" lines
+    SET/errs.jsonl         per utterance: language, raw and normalised ref/hyp, counts, alignment
+    summary.json           {"sets": {SET: {error_rate, raw_error_rate, unit, n_utts, ref_units, sub, del, ins,
+                            n_empty_refs, n_skipped, audio_seconds, rtf}}}   (written last)
+    table.md               the markdown table
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Protocol
+
+import torch
+from tqdm import tqdm
+
+from common.config import save_yaml
+from common.data.datamodule import eval_loader
+from common.data.manifests import load_manifest, set_name
+from common.io import SUMMARY, atomic_write_json, atomic_write_text, git_revision, prepare_run_dir
+from common.metrics import ErrorRate, score_utterance
+from common.text import normalize
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class DecodeConfig:
+    """How hypotheses are decoded."""
+
+    num_beams: int = 1
+    """1 = greedy; >1 = beam search."""
+    max_new_tokens: int = 128
+    """Generation length limit."""
+    batch_seconds: float = 240.0
+    """Seconds of audio per decoding batch."""
+    max_batch: Optional[int] = 32
+    """Upper bound on utterances per batch."""
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_beams and max_new_tokens must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """``asr-distill evaluate``: which model on which test sets, written where."""
+
+    out_dir: str
+    """Run directory (refused if it exists, unless --overwrite)."""
+    model: str = "bundled:tiny.en"
+    """bundled:tiny.en, a local HF/asr-distill model directory, or a hub id."""
+    sets: list[str] = field(default_factory=list)
+    """Test manifests; each set is named after its manifest's parent folder."""
+    decoding: DecodeConfig = field(default_factory=DecodeConfig)
+    """Decoding options."""
+    device: str = "cpu"
+    """torch device."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Model dtype."""
+    bad_sample_policy: Literal["error", "skip"] = "error"
+    """error: refuse to start on a bad manifest row; skip: drop and count it."""
+    num_workers: int = 0
+    """DataLoader workers."""
+
+    def __post_init__(self) -> None:
+        if not self.sets:
+            raise ValueError("sets: at least one test manifest is needed")
+
+
+class Transcriber(Protocol):
+    """What evaluation needs from a model."""
+
+    name: str
+
+    def collate(self, audios, texts, languages) -> dict[str, Any]: ...
+
+    def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]: ...
+
+
+class WhisperTranscriber:
+    """Any ``WhisperForConditionalGeneration`` with its processor."""
+
+    def __init__(self, model, processor, name: str = "whisper") -> None:
+        from common.data.collate import WhisperCollator, is_multilingual
+
+        self.model, self.processor, self.name = model, processor, name
+        self.collate = WhisperCollator(processor, with_labels=False)
+        self.multilingual = is_multilingual(processor.tokenizer)
+
+    @torch.no_grad()
+    def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]:
+        p = next(self.model.parameters())
+        feats = batch["input_features"].to(p.device, p.dtype)
+        kwargs: dict[str, Any] = dict(max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams, do_sample=False)
+        if self.multilingual:
+            kwargs.update(language=batch["languages"], task="transcribe")
+        out = self.model.generate(feats, **kwargs)
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+
+
+def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32") -> Transcriber:
+    """A transcriber for ``model``: an Ark-ASR student directory, else any Whisper."""
+    path = Path(model)
+    if path.is_dir() and (path / "ark_config.json").is_file():
+        from ark_asr.model import ArkTranscriber  # imported lazily: common never needs ark_asr otherwise
+
+        return ArkTranscriber.from_dir(path, device=device, dtype=DTYPES[dtype])
+    from common.whisper import load_whisper
+
+    m, proc = load_whisper(model, device=device, dtype=DTYPES[dtype])
+    return WhisperTranscriber(m, proc, name=model)
+
+
+def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out: Path) -> dict[str, Any]:
+    """Decode one set; write its files; return its summary row."""
+    metric = ErrorRate()
+    loader = eval_loader(cuts, transcriber.collate, cfg.decoding.batch_seconds, cfg.bad_sample_policy, cfg.num_workers, cfg.decoding.max_batch)
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    audio_s, decode_s = 0.0, 0.0
+    bar = tqdm(total=len(cuts), desc=f"decoding {name}", unit="utt", leave=False)
+    for batch in loader:
+        skipped += batch["skipped"]
+        bar.update(len(batch["ids"]) + len(batch["skipped"]))
+        if not batch["ids"]:
+            continue
+        t0 = time.perf_counter()
+        hyps = transcriber.transcribe(batch, cfg.decoding)
+        decode_s += time.perf_counter() - t0
+        audio_s += sum(batch["durations"])
+        metric.update(hyps, batch["texts"], batch["languages"])
+        for uid, ref, hyp, lang in zip(batch["ids"], batch["texts"], hyps, batch["languages"]):
+            s = score_utterance(ref, hyp, lang)
+            raw = score_utterance(ref, hyp, lang, normalised=False)
+            rows.append({"id": uid, "language": lang, "ref": ref, "hyp": hyp, "ref_norm": normalize(ref, lang),
+                         "hyp_norm": normalize(hyp, lang), "raw_errors": raw.errors, "raw_ref_units": raw.ref_units,
+                         **s.as_dict()})
+    bar.close()
+    res = {k: v.item() for k, v in metric.compute().items()}
+    langs = sorted({r["language"] for r in rows})
+    unit = "mixed" if len(langs) > 1 else ("char" if langs == ["zh"] else "word")
+    set_dir = out / name
+    atomic_write_text(set_dir / "hyp.txt", "".join(f"{r['id']}\t{r['hyp']}\n" for r in rows))
+    atomic_write_text(set_dir / "ref.txt", "".join(f"{r['id']}\t{r['ref']}\n" for r in rows))
+    atomic_write_text(set_dir / "errs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if skipped:
+        atomic_write_text(set_dir / "skipped.tsv", "".join(f"{i}\t{m}\n" for i, m in skipped))
+    return {
+        "error_rate": res["error_rate"], "raw_error_rate": res["raw_error_rate"], "unit": unit,
+        "metric": {"word": "WER", "char": "CER", "mixed": "MER"}[unit], "n_utts": res["n_utts"],
+        "ref_units": res["ref_units"], "sub": res["sub"], "del": res["del"], "ins": res["ins"],
+        "n_empty_refs": res["n_empty_refs"], "n_skipped": len(skipped), "audio_seconds": round(audio_s, 3),
+        "rtf": round(decode_s / audio_s, 5) if audio_s else None,
+    }
+
+
+def markdown_table(summary: dict[str, Any], model: str) -> str:
+    lines = [f"| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped | RTF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["sets"].items():
+        lines.append(
+            f"| {model} | {name} | {r['metric']} | {100 * r['error_rate']:.2f} | {100 * r['raw_error_rate']:.2f} | {r['n_utts']} | "
+            f"{r['ref_units']} | {r['sub']} | {r['del']} | {r['ins']} | {r['n_empty_refs']} | {r['n_skipped']} | {r['rtf']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluation(cfg: EvalConfig, overwrite: bool = False, transcriber: Optional[Transcriber] = None) -> dict[str, Any]:
+    """Validate every manifest first (nothing starts on a bad one under policy ``error``), then decode."""
+    sets = {}
+    for spec in cfg.sets:
+        name = set_name(spec)
+        if name in sets:
+            raise ValueError(f"two test manifests give the set name {name!r}")
+        sets[name] = load_manifest(spec, cfg.bad_sample_policy)
+    out = prepare_run_dir(Path(cfg.out_dir), overwrite=overwrite)
+    save_yaml(cfg, out / "config.yaml")
+    t0 = time.time()
+    transcriber = transcriber or load_transcriber(cfg.model, cfg.device, cfg.dtype)
+    summary: dict[str, Any] = {"model": cfg.model, "sets": {}}
+    for name, (cuts, report) in sets.items():
+        row = evaluate_set(transcriber, cuts, cfg, name, out)
+        row["n_invalid_rows"] = report.n_bad
+        summary["sets"][name] = row
+    atomic_write_json(out / "meta.json", {"git_revision": git_revision(), "model": cfg.model, "device": cfg.device,
+                                          "dtype": cfg.dtype, "wall_seconds": round(time.time() - t0, 2),
+                                          "torch": torch.__version__})
+    atomic_write_text(out / "table.md", markdown_table(summary, Path(cfg.model).name or cfg.model))
+    atomic_write_json(out / SUMMARY, summary)
+    return summary
