@@ -56,7 +56,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _convert(value, arg, key)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append(err)
         raise errors[0] if len(errors) == 1 else ConfigError(f"config key '{key}': {value!r} fits none of {tp}")
     if origin is Literal:
         allowed = get_args(tp)

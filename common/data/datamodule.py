@@ -14,6 +14,7 @@ by rank themselves).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -109,8 +110,10 @@ def _dist_info(trainer: Optional[L.Trainer]) -> tuple[int, int]:
 def eval_loader(cuts: CutSet, collate: Collator, batch_seconds: float, policy: str = "error", num_workers: int = 0,
                 max_cuts: Optional[int] = None, world_size: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
     """Sequential (unshuffled) batches of ``cuts``, sharded by rank."""
-    sampler = DynamicCutSampler(cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False,
-                                world_size=world_size, rank=rank)
+    with warnings.catch_warnings():  # cuts are validated and held in memory on purpose
+        warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
+        sampler = DynamicCutSampler(cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False,
+                                    world_size=world_size, rank=rank)
     return torch.utils.data.DataLoader(AsrDataset(collate, policy), sampler=sampler, batch_size=None, num_workers=num_workers)
 
 
@@ -158,7 +161,16 @@ class AudioDataModule(L.LightningDataModule):
     # -- loaders --------------------------------------------------------------------------------
     def train_sampler(self) -> DynamicBucketingSampler:
         world, rank = _dist_info(getattr(self, "trainer", None))
-        sampler = DynamicBucketingSampler(
+        with warnings.catch_warnings():  # cuts are validated and held in memory on purpose
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
+            sampler = self._make_sampler(world, rank)
+        if self._sampler_state is not None:
+            sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return sampler
+
+    def _make_sampler(self, world: int, rank: int) -> DynamicBucketingSampler:
+        return DynamicBucketingSampler(
             self.train_cuts,
             max_duration=self.cfg.batch_seconds / world,
             max_cuts=self.cfg.max_cuts,
@@ -169,10 +181,6 @@ class AudioDataModule(L.LightningDataModule):
             world_size=world,
             rank=rank,
         )
-        if self._sampler_state is not None:
-            sampler.load_state_dict(self._sampler_state)
-            self._sampler_state = None
-        return sampler
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.train_cuts is None:

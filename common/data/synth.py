@@ -138,28 +138,13 @@ def _add_noise(wave: np.ndarray, rng: np.random.Generator, snr_db: float) -> np.
     return wave + noise
 
 
-def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> Path:
-    """Write the corpus (see module doc); return ``out_dir``. Cached by the arguments."""
-    from tqdm import tqdm
-
-    from common.data.tts import Espeak
-
-    out = Path(cfg.out_dir)
-    stamp = out / "synth.json"
-    args = asdict(cfg)
-    args.pop("out_dir")
-    if stamp.is_file() and json.loads(stamp.read_text()).get("args") == args:
-        return out
-    tts = Espeak.get()
-    total = sum(sum(getattr(cfg, f"{lang}_sizes")) for lang in cfg.languages)
-    bar = tqdm(total=total, desc="synthesising", disable=not progress, unit="utt")
+def _plan(cfg: SynthConfig) -> dict[tuple[str, str], list[dict]]:
+    """Texts, voices, rates, pitches and noise levels of every utterance (no audio yet)."""
+    plan: dict[tuple[str, str], list[dict]] = {}
     for lang in cfg.languages:
-        sizes = getattr(cfg, f"{lang}_sizes")
-        seen: set[str] = set()  # keep texts disjoint across splits, so dev/test measure generalisation
-        for split, n in zip(SPLITS, sizes):
-            split_dir = out / f"{lang}_{split}"
+        seen: set[str] = set()  # texts are disjoint across splits, so dev/test measure generalisation
+        for split, n in zip(SPLITS, getattr(cfg, f"{lang}_sizes")):
             rng = random.Random(f"{cfg.seed}-{lang}-{split}")
-            nrng = np.random.default_rng(random.Random(f"{cfg.seed}-{lang}-{split}-noise").getrandbits(63))
             rows = []
             for i in range(n):
                 text = generate_sentence(rng, lang)
@@ -168,22 +153,62 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> Path:
                 seen.add(text)
                 voice = rng.choice(_VOICES[lang]) + rng.choice(_VARIANTS)
                 rate, pitch = rng.randint(120, 175), rng.randint(30, 70)
-                wave = resample(tts.synth(text, voice=voice, rate=rate, pitch=pitch), tts.sample_rate, TARGET_SR)
-                wave = wave / max(1e-3, float(np.abs(wave).max())) * 0.8
-                snr = None
-                if rng.random() < cfg.noise_prob:
-                    snr = rng.uniform(*cfg.snr_db)
-                    wave = _add_noise(wave, nrng, snr)
+                snr = rng.uniform(*cfg.snr_db) if rng.random() < cfg.noise_prob else None
                 uid = f"synth_{lang}_{split}_{i:05d}"
-                rel = f"audio/{uid}.flac"
-                write_flac(split_dir / rel, wave, TARGET_SR)
-                rows.append({
-                    "audio_filepath": rel, "text": text, "language": lang,
-                    "duration": round(len(wave) / TARGET_SR, 4), "id": uid,
-                    "voice": voice, "rate": rate, "pitch": pitch, "snr_db": None if snr is None else round(snr, 1),
-                })
-                bar.update(1)
-            atomic_write_text(split_dir / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                rows.append({"audio_filepath": f"audio/{uid}.flac", "text": text, "language": lang, "id": uid,
+                             "voice": voice, "rate": rate, "pitch": pitch, "snr_db": None if snr is None else round(snr, 1)})
+            plan[(lang, split)] = rows
+    return plan
+
+
+def _synth_split(split_dir: str, rows: list[dict], noise_seed: int) -> int:
+    """Synthesise one split (run in a fresh process: espeak-ng output depends on the engine's earlier calls,
+    so only a fresh engine makes the corpus reproducible)."""
+    from common.data.tts import Espeak
+
+    tts = Espeak.get()
+    nrng = np.random.default_rng(noise_seed)
+    out = []
+    for i, row in enumerate(rows):
+        raw = tts.synth(row["text"], voice=row["voice"], rate=row["rate"], pitch=row["pitch"], seed=noise_seed + i)
+        wave = resample(raw, tts.sample_rate, TARGET_SR)
+        wave = wave / max(1e-3, float(np.abs(wave).max())) * 0.8
+        if row["snr_db"] is not None:
+            wave = _add_noise(wave, nrng, row["snr_db"])
+        write_flac(Path(split_dir) / row["audio_filepath"], wave, TARGET_SR)
+        out.append({**row, "duration": round(len(wave) / TARGET_SR, 4)})
+    atomic_write_text(Path(split_dir) / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    return len(out)
+
+
+def synthesize_corpus(cfg: SynthConfig, progress: bool = True, workers: int | None = None) -> Path:
+    """Write the corpus (see module doc); return ``out_dir``. Cached by the arguments.
+
+    Each (language, split) is synthesised in a fresh spawned process, ``workers`` at a time.
+    """
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    out = Path(cfg.out_dir)
+    stamp = out / "synth.json"
+    args = asdict(cfg)
+    args.pop("out_dir")
+    if stamp.is_file() and json.loads(stamp.read_text()).get("args") == args:
+        return out
+    plan = _plan(cfg)
+    workers = workers or max(1, min(len(plan), os.cpu_count() or 1))
+    bar = tqdm(total=sum(len(r) for r in plan.values()), desc="synthesising", disable=not progress, unit="utt")
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = [
+            pool.submit(_synth_split, str(out / f"{lang}_{split}"), rows,
+                        random.Random(f"{cfg.seed}-{lang}-{split}-noise").getrandbits(63))
+            for (lang, split), rows in plan.items()
+        ]
+        for f in futures:
+            bar.update(f.result())
     bar.close()
-    atomic_write_json(stamp, {"args": args, "generator": "asr-distill synth v1"})
+    atomic_write_json(stamp, {"args": args, "generator": "asr-distill synth v2"})
     return out

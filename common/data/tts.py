@@ -34,6 +34,7 @@ class Espeak:
         import espeakng_loader
 
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._libc = ctypes.CDLL(None)
         data = espeakng_loader.get_data_path().encode()
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -64,9 +65,16 @@ class Espeak:
                 cls._instance = Espeak()
             return cls._instance
 
-    def synth(self, text: str, voice: str = "en-us", rate: int = 160, pitch: int = 50) -> np.ndarray:
-        """Speak ``text`` with ``voice`` at ``rate`` words/minute and ``pitch`` (0-100)."""
+    def synth(self, text: str, voice: str = "en-us", rate: int = 160, pitch: int = 50, seed: int = 0) -> np.ndarray:
+        """Speak ``text`` with ``voice`` at ``rate`` words/minute and ``pitch`` (0-100).
+
+        ``seed`` seeds the breath noise of some voice variants (espeak-ng draws it from the C library's
+        ``rand()``, which other libraries in the process may also advance).
+        """
         with self._lock:
+            self._libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
+            if hasattr(self.lib, "espeak_ng_SetRandSeed"):
+                self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
             if self.lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
                 raise TTSError(f"espeak-ng has no voice {voice!r}")
             self.lib.espeak_SetParameter(espeakRATE, int(rate), 0)

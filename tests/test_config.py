@@ -1,0 +1,85 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from common.config import ConfigError, from_dict, load, save_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Inner:
+    k: int = 32
+    mode: Literal["union", "teacher"] = "union"
+
+
+@dataclass
+class Outer:
+    name: str
+    lr: float = 1e-4
+    inner: Inner = field(default_factory=Inner)
+    sets: list[str] = field(default_factory=list)
+    limit: Optional[int] = None
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+def test_load_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: run\ninner:\n  k: 8\nsets: [a, b]\n")
+    cfg = load(Outer, p, ["inner.mode=teacher", "lr=0.5", "limit=null"])
+    assert cfg == Outer(name="run", lr=0.5, inner=Inner(k=8, mode="teacher"), sets=["a", "b"], limit=None)
+    assert isinstance(cfg.lr, float)
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"name": "x", "bogus": 1}, "'bogus'"),
+        ({"name": "x", "inner": {"kk": 1}}, "'inner.kk'"),
+        ({"name": "x", "inner": {"k": "many"}}, "'inner.k'"),
+        ({"name": "x", "inner": {"mode": "both"}}, "'inner.mode'"),
+        ({"name": "x", "sets": "a"}, "'sets'"),
+        ({"name": "x", "limit": 1.5}, "'limit'"),
+        ({}, "'name'"),
+        ({"name": "x", "lr": -1.0}, "lr must be > 0"),
+    ],
+)
+def test_errors_name_the_key_on_one_line(data, key):
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, data)
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load(Outer, None, ["name"])
+    with pytest.raises(ConfigError, match="not found"):
+        load(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load(Outer, bad)
+
+
+def test_save_roundtrip(tmp_path):
+    cfg = Outer(name="r", sets=["x"])
+    save_yaml(cfg, tmp_path / "c.yaml")
+    assert load(Outer, tmp_path / "c.yaml") == cfg
+
+
+def test_every_config_file_loads():
+    """Every YAML under configs/ loads into its schema (the schema is named by the file's folder)."""
+    from common.configs import schema_for
+
+    files = sorted((REPO / "configs").rglob("*.yaml"))
+    assert len(files) >= 1
+    for f in files:
+        schema = schema_for(f)
+        cfg = load(schema, f)
+        assert cfg is not None, f

@@ -1,0 +1,70 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from common.cli import build_parser, main
+
+
+def test_help_lists_subcommands_and_each_has_help():
+    out = subprocess.run([sys.executable, "-m", "common.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sp in sub.choices.items():
+        assert name in out.stdout
+        assert sp.format_help()
+
+
+def test_synth_deterministic_and_cached(tiny_corpus, tmp_path):
+    from common.data.synth import SynthConfig, synthesize_corpus
+
+    a = (tiny_corpus / "en_test" / "manifest.jsonl").read_text()
+    cfg = SynthConfig(out_dir=str(tmp_path / "again"), en_sizes=[48, 8, 8], zh_sizes=[16, 4, 4])
+    synthesize_corpus(cfg, progress=False)
+    assert (tmp_path / "again" / "en_test" / "manifest.jsonl").read_text() == a
+    import numpy as np
+    import soundfile as sf
+
+    for f in sorted((tiny_corpus / "en_train" / "audio").iterdir())[:12]:  # same samples, not only same texts
+        assert np.array_equal(sf.read(f)[0], sf.read(tmp_path / "again" / "en_train" / "audio" / f.name)[0]), f.name
+    stamp = (tmp_path / "again" / "synth.json").stat().st_mtime_ns
+    synthesize_corpus(cfg, progress=False)  # second call: nothing to do
+    assert (tmp_path / "again" / "synth.json").stat().st_mtime_ns == stamp
+    rows = [json.loads(l) for l in a.splitlines()]
+    assert all(r["language"] == "en" and r["text"] for r in rows)
+    zh = [json.loads(l) for l in (tiny_corpus / "zh_test" / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["language"] == "zh" for r in zh)
+    train = {json.loads(l)["text"] for l in (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()}
+    assert not train & {r["text"] for r in rows}  # splits are disjoint in text
+
+
+def test_evaluate_run_dir_is_never_overwritten(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["evaluate", "--model", "bundled:tiny.en", "--manifest", str(tiny_corpus / "en_test" / "manifest.jsonl"),
+            "--out", str(out), "decoding.max_new_tokens=40"]
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())["sets"]["en_test"]
+    assert s["n_utts"] == 8 and 0 <= s["error_rate"] and s["rtf"] > 0
+    assert main(args) == 2
+    assert "already holds a complete run" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_failure_leaves_no_complete_looking_run(tmp_path, capsys):
+    m = tmp_path / "s" / "manifest.jsonl"
+    m.parent.mkdir()
+    m.write_text(json.dumps({"audio_filepath": "nope.wav", "text": "x"}) + "\n")
+    out = tmp_path / "run"
+    assert main(["evaluate", "--manifest", str(m), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "missing_audio" in err and str(m) in err.splitlines()[0]
+    assert not (out / "summary.json").exists()
+
+
+def test_unknown_config_key_fails_before_work(tmp_path, capsys):
+    assert main(["evaluate", "--manifest", "x.jsonl", "--out", str(tmp_path / "r"), "decoding.beams=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown config key 'decoding.beams'" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()
