@@ -1,0 +1,73 @@
+"""Teacher <-> student token mapping by identical token strings.
+
+Two ids correspond when their vocabulary strings are identical (after the tokenizers' own byte-level
+representation, e.g. 'Ġthe' in both GPT-2-style vocabularies). Ids without a counterpart map to -1
+and are dropped by the losses; how many are dropped is counted. Student texts are re-tokenised by the
+teacher tokenizer, and the mismatch rate says how often the two tokenisations differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RetokenizeStats:
+    n_texts: int = 0
+    n_mismatched: int = 0  # texts whose teacher tokenisation differs from the student's token strings
+
+    @property
+    def mismatch_rate(self) -> float:
+        return self.n_mismatched / self.n_texts if self.n_texts else 0.0
+
+
+class TokenMap:
+    """Lookup tables between two vocabularies (ids mapping to -1 have no counterpart)."""
+
+    def __init__(self, teacher_tokenizer, student_tokenizer) -> None:
+        self.teacher_tokenizer, self.student_tokenizer = teacher_tokenizer, student_tokenizer
+        t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+        nt = max(t_vocab.values()) + 1
+        ns = max(s_vocab.values()) + 1
+        self.t2s = torch.full((nt,), -1, dtype=torch.long)
+        self.s2t = torch.full((ns,), -1, dtype=torch.long)
+        for tok, tid in t_vocab.items():
+            sid = s_vocab.get(tok)
+            if sid is not None:
+                self.t2s[tid] = sid
+                self.s2t[sid] = tid
+        self.n_teacher, self.n_student = len(t_vocab), len(s_vocab)
+        self.n_shared = int((self.t2s >= 0).sum())
+        self.stats = RetokenizeStats()
+
+    @property
+    def teacher_coverage(self) -> float:
+        """Fraction of the teacher vocabulary with a student counterpart."""
+        return self.n_shared / self.n_teacher
+
+    @property
+    def is_identity(self) -> bool:
+        return self.n_teacher == self.n_student == self.n_shared and bool(
+            (self.t2s[: self.n_teacher] == torch.arange(self.n_teacher)).all()
+        )
+
+    def to_student(self, teacher_ids: torch.Tensor) -> torch.Tensor:
+        """Map teacher ids (any shape) to student ids; -1 where there is none (negative inputs stay -1)."""
+        out = self.t2s.to(teacher_ids.device)[teacher_ids.clamp(min=0, max=len(self.t2s) - 1)]
+        return torch.where(teacher_ids >= 0, out, torch.full_like(out, -1))
+
+    def to_teacher(self, student_ids: torch.Tensor) -> torch.Tensor:
+        out = self.s2t.to(student_ids.device)[student_ids.clamp(min=0, max=len(self.s2t) - 1)]
+        return torch.where(student_ids >= 0, out, torch.full_like(out, -1))
+
+    def retokenize(self, student_ids: list[int], text: str | None = None) -> list[int]:
+        """Teacher ids of the student's transcript (decoded text re-encoded), counting mismatches."""
+        if text is None:
+            text = self.student_tokenizer.decode(student_ids, skip_special_tokens=True)
+        t_ids = self.teacher_tokenizer.encode(text, add_special_tokens=False)
+        same = self.to_teacher(torch.tensor(student_ids, dtype=torch.long)).tolist() == t_ids if student_ids else not t_ids
+        self.stats.n_texts += 1
+        self.stats.n_mismatched += int(not same)
+        return t_ids

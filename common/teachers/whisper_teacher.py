@@ -1,0 +1,85 @@
+"""``WhisperTeacher``: any HF ``WhisperForConditionalGeneration`` (including ``bundled:tiny.en``)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from common.audio import TARGET_SR
+from common.data.collate import is_multilingual, whisper_prefix, whisper_target_ids
+from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, score_hidden
+
+
+class WhisperTeacher:
+    """Generation and teacher-forced scoring with the forced prefix <|sot|>[<|lang|><|task|>]<|notimestamps|>."""
+
+    def __init__(self, model, processor, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.model = freeze(model.to(device=device, dtype=dtype))
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.multilingual = is_multilingual(self.tokenizer)
+        self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "WhisperTeacher":
+        from common.whisper import load_whisper
+
+        model, processor = load_whisper(name_or_path, device=device, dtype=dtype)
+        return cls(model, processor, device, dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
+        feats = self.processor.feature_extractor(list(audios), sampling_rate=TARGET_SR, return_tensors="pt").input_features
+        return {"input_features": feats, "languages": list(languages)}
+
+    def encode_text(self, text: str, language: str = "en") -> list[int]:
+        return whisper_target_ids(self.tokenizer, text) + [self.eot]
+
+    def _prefix(self, language: str) -> list[int]:
+        return whisper_prefix(self.tokenizer, language if self.multilingual else None)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 128, num_beams: int = 1) -> Generation:
+        p = next(self.model.parameters())
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        if self.multilingual:
+            kw.update(language=batch["languages"], task="transcribe")
+        seqs = self.model.generate(batch["input_features"].to(p.device, p.dtype), **kw)
+        special = set(self.tokenizer.all_special_ids)
+        ids = [[t for t in s.tolist() if t not in special and t < len(self.tokenizer)] for s in seqs]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return Generation(texts, ids)
+
+    @torch.no_grad()
+    def encode(self, batch: dict[str, Any]) -> torch.Tensor:
+        p = next(self.model.parameters())
+        return self.model.model.encoder(batch["input_features"].to(p.device, p.dtype)).last_hidden_state
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, Any], targets: Sequence[Sequence[int]], top_k: int,
+              encoder_out: torch.Tensor | None = None) -> TeacherScores:
+        """Teacher-forced: decoder input = prefix + target[:-1]; position j predicts target[j]."""
+        langs = batch.get("languages") or ["en"] * len(targets)
+        prefixes = [self._prefix(l) for l in langs]
+        tgt, mask = pad_targets(targets, self.eot)
+        B, T = tgt.shape
+        rows = [pre + list(t)[:-1] for pre, t in zip(prefixes, targets)]
+        L = max(len(r) for r in rows)
+        dec = torch.full((B, L), self.eot, dtype=torch.long)  # right padding: positions stay 0..n-1
+        att = torch.zeros_like(dec)
+        for i, r in enumerate(rows):
+            dec[i, : len(r)] = torch.tensor(r)
+            att[i, : len(r)] = 1
+        enc = self.encode(batch) if encoder_out is None else encoder_out
+        dev = enc.device
+        out = self.model.model.decoder(input_ids=dec.to(dev), attention_mask=att.to(dev), encoder_hidden_states=enc)
+        # position len(prefix)-1+j predicts target j
+        start = torch.tensor([len(p) - 1 for p in prefixes], device=dev)
+        pos = (start[:, None] + torch.arange(T, device=dev)[None]).clamp(max=L - 1)  # (B, T)
+        hidden = out.last_hidden_state.gather(1, pos[..., None].expand(-1, -1, out.last_hidden_state.shape[-1]))
+        return score_hidden(hidden, self.model.proj_out, tgt.to(dev), mask.to(dev), top_k)
