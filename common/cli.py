@@ -79,6 +79,19 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from common.config import load
+    from common.teachers.cache import CacheConfig, build_cache
+
+    cfg = load(CacheConfig, args.config, list(args.overrides))
+    index = build_cache(cfg)
+    s = index["summary"]
+    rate = s["teacher_error_rate"]
+    print(f"teacher cache {cfg.out_dir}: {s['n_utts']} utterances in {len(index['shards'])} shards"
+          + (f"; teacher normalised error rate vs references {100 * rate:.2f} %" if rate is not None else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from common.demo import run_demo
 
@@ -113,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--max-problems", type=int, default=20, help="problems listed per manifest")
     va.set_defaults(func=cmd_data_validate)
 
+    ct = sub.add_parser("cache-teacher", help="store a teacher's transcripts and top-k log-probs for a manifest (resumable)")
+    ct.add_argument("-c", "--config", help="YAML config (common.teachers.cache.CacheConfig)")
+    ct.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. manifest=... out_dir=... top_k=16")
+    ct.set_defaults(func=cmd_cache_teacher)
+
     de = sub.add_parser("demo", help="the main job on the embedded default corpus; prints the results table(s)")
     de.add_argument("--out", default="runs/demo", help="demo run directory")
     de.add_argument("--corpus", help="synthetic corpus directory (default: cache folder)")
@@ -127,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     from common.audio import AudioError
     from common.data.manifests import ManifestError
     from common.io import RunDirExistsError
+    from common.teachers.cache import CacheMismatchError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError) as err:
+    except (ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError) as err:
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
 

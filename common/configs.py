@@ -19,4 +19,8 @@ def schema_for(path: str | Path) -> type:
         from common.data.synth import SynthConfig
 
         return SynthConfig
+    if top == "teachers":
+        from common.teachers.cache import CacheConfig
+
+        return CacheConfig
     raise ValueError(f"no schema is registered for {path} (folder {top!r})")

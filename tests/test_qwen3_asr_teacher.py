@@ -69,7 +69,7 @@ def test_score_parity_with_plain_forward(teacher):
         assert torch.equal(sc.topk_ids[i, :n], idx)
         torch.testing.assert_close(sc.topk_logprobs[i, :n], v, atol=1e-5, rtol=0)
         cand = torch.tensor([0, 151645, 100]).expand(3, sc.mask.shape[1], 3).contiguous()
-        torch.testing.assert_close(sc.gather(cand)[i, :n], lp.gather(-1, cand[i, :n]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sc.gather(cand)[i, :n], lp.gather(-1, cand[i, :n]), atol=5e-5, rtol=0)
 
 
 def test_generate_parses_and_stops(teacher):

@@ -53,7 +53,8 @@ def test_score_parity_with_plain_forward_padded_batch(teacher, real_speech):
         torch.testing.assert_close(sc.topk_logprobs[i, :n], ref_v, atol=1e-5, rtol=0)
         some = torch.tensor([[5, 100, 50256]] * n)
         got = gather_logprobs(sc.hidden[i : i + 1, :n], teacher.model.proj_out, sc.lse[i : i + 1, :n], some[None])[0]
-        torch.testing.assert_close(got, lp.gather(-1, some), atol=1e-5, rtol=0)
+        # gather re-projects only the asked ids (another summation order than the full matmul): float noise only
+        torch.testing.assert_close(got, lp.gather(-1, some), atol=5e-5, rtol=0)
         # and the row alone, unpadded: padding does not change the scores beyond float noise
         with torch.no_grad():
             alone = teacher.model(input_features=batch["input_features"][i : i + 1], decoder_input_ids=torch.tensor([prefix + tgt[:-1]])).logits[0]
@@ -110,3 +111,21 @@ def test_token_map_whisper_vs_qwen(whisper_tiny):
     q_ids = q.encode(" the cat sat on the mat", add_special_tokens=False)
     w_ids = tm.retokenize(q_ids)
     assert w.decode(w_ids) == " the cat sat on the mat"
+
+
+def test_build_teacher_from_config_bf16():
+    from common.teachers import TeacherConfig, build_teacher
+
+    t = build_teacher(TeacherConfig(kind="whisper", name_or_path="bundled:tiny.en", dtype="bfloat16"))
+    assert next(t.model.parameters()).dtype == torch.bfloat16 and not t.model.training
+    batch = t.prepare([np.zeros(16000, np.float32)], ["en"])
+    sc = t.score(batch, [t.encode_text("hello")], top_k=3)
+    assert torch.isfinite(sc.topk_logprobs).all() and sc.topk_logprobs.dtype == torch.float32
+
+
+def test_teacher_config_rejects_bundled_qwen():
+    from common.config import ConfigError, from_dict
+    from common.teachers import TeacherConfig
+
+    with pytest.raises(ConfigError, match="bundled models are Whisper"):
+        from_dict(TeacherConfig, {"kind": "qwen3_asr", "name_or_path": "bundled:tiny.en"})

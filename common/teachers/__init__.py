@@ -1,0 +1,43 @@
+"""Frozen teachers behind one interface (:class:`~common.teachers.base.Teacher`), built from config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from common.teachers.base import Generation, Teacher, TeacherScores
+
+__all__ = ["TeacherConfig", "build_teacher", "Teacher", "TeacherScores", "Generation"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TeacherConfig:
+    """Which frozen teacher, where it runs."""
+
+    kind: Literal["whisper", "qwen3_asr"] = "whisper"
+    """whisper: any HF Whisper; qwen3_asr: transformers' Qwen3ASRForConditionalGeneration."""
+    name_or_path: str = "bundled:tiny.en"
+    """bundled:tiny.en (whisper only), a local HF directory, or a hub id."""
+    device: str = "cpu"
+    """Device of the teacher (it can differ from the student's)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Teacher weights and compute dtype."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "qwen3_asr" and self.name_or_path.startswith("bundled:"):
+            raise ValueError("teacher.name_or_path: bundled models are Whisper; qwen3_asr needs a Qwen3-ASR checkpoint")
+
+
+def build_teacher(cfg: TeacherConfig) -> Teacher:
+    """The frozen teacher named by ``cfg`` (eval mode, no grad)."""
+    if cfg.kind == "whisper":
+        from common.teachers.whisper_teacher import WhisperTeacher
+
+        return WhisperTeacher.from_pretrained(cfg.name_or_path, cfg.device, _DTYPES[cfg.dtype])
+    from common.teachers.qwen3_asr import Qwen3ASRTeacher
+
+    return Qwen3ASRTeacher.from_pretrained(cfg.name_or_path, cfg.device, _DTYPES[cfg.dtype])

@@ -102,6 +102,7 @@ class Qwen3ASRTeacher:
               languages: Sequence[str] | None = None) -> TeacherScores:
         """Teacher-forced log-probs at the transcript positions; the language of each row is given or
         inferred from its text (CJK -> Chinese, else English)."""
+        languages = languages or batch.get("languages")
         if languages is None:
             languages = [detect_language(self.tokenizer.decode(list(t), skip_special_tokens=True)) for t in targets]
         prompts = [self.prompt_ids(n, lang) for n, lang in zip(batch["n_audio_tokens"], languages)]

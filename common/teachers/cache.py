@@ -1,0 +1,255 @@
+"""Teacher cache: a manifest's teacher transcripts and top-k log-probs at the reference positions.
+
+Off-policy teacher outputs do not change between epochs or sweep runs, so they are computed once:
+``asr-distill cache-teacher -c CONFIG``. Layout of the cache directory::
+
+    index.json              stamp (what the cache was built from) + the list of finished shards
+    shard-00000.safetensors per utterance, concatenated over target positions:
+                            topk_ids (N, k) int32, topk_logprobs (N, k) float32, target_ids (N,) int32,
+                            target_logprobs (N,) float32, offsets (n_utts + 1,) int64;
+                            metadata "utts": JSON list of {id, ref, hyp, hyp_ids, language, errors, ref_units}
+
+Shards are written atomically and the index is updated after each, so a killed run restarts where it
+stopped without recomputing finished shards. The stamp hashes the teacher (name and weights), its tokenizer,
+the manifest and the scoring options; a cache whose stamp differs from the requested one is refused, naming
+what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from common.audio import load_audio
+from common.data.manifests import load_manifest
+from common.io import atomic_write_json
+from common.metrics import ErrorRate, score_utterance
+from common.teachers import TeacherConfig, build_teacher
+
+INDEX = "index.json"
+
+
+class CacheMismatchError(ValueError):
+    """The cache on disk was built from something else than what is asked for."""
+
+
+@dataclass
+class CacheConfig:
+    """``asr-distill cache-teacher``: which teacher on which manifest, stored where."""
+
+    manifest: str
+    """Manifest whose references are scored and whose audio is transcribed."""
+    out_dir: str
+    """Cache directory (resumed when its stamp matches)."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The frozen teacher."""
+    top_k: int = 8
+    """Teacher top-k ids/log-probs kept per reference position."""
+    shard_size: int = 64
+    """Utterances per shard (the unit of resumption)."""
+    batch_size: int = 8
+    """Utterances per teacher batch."""
+    generate: bool = True
+    """Also store the teacher's greedy transcripts (pseudo-labels) with their error counts."""
+    max_new_tokens: int = 128
+    """Generation length limit."""
+    bad_sample_policy: Literal["error", "skip"] = "error"
+    """Manifest validation policy."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.shard_size < 1 or self.batch_size < 1:
+            raise ValueError("top_k, shard_size and batch_size must be >= 1")
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_fingerprint(teacher) -> dict[str, str]:
+    """Hashes of the teacher weights (every tensor's sum and shape, cheap but sensitive) and of its vocabulary."""
+    sums = [(n, list(p.shape), round(float(p.detach().double().sum()), 6)) for n, p in teacher.model.state_dict().items()]
+    vocab = sorted(teacher.tokenizer.get_vocab().items())
+    return {"weights": _digest(sums), "tokenizer": _digest(vocab)}
+
+
+def make_stamp(cfg: CacheConfig, teacher) -> dict[str, Any]:
+    manifest = Path(cfg.manifest)
+    m_hash = _digest(manifest.read_bytes()) if manifest.is_file() else _digest(str(manifest))
+    fp = teacher_fingerprint(teacher)
+    return {"teacher": f"{cfg.teacher.kind}:{cfg.teacher.name_or_path}", "teacher_dtype": cfg.teacher.dtype,
+            "teacher_weights": fp["weights"], "tokenizer": fp["tokenizer"], "manifest": m_hash, "top_k": cfg.top_k,
+            "shard_size": cfg.shard_size, "generate": cfg.generate, "max_new_tokens": cfg.max_new_tokens, "format": 1}
+
+
+def check_stamp(found: dict[str, Any], wanted: dict[str, Any], where: Path) -> None:
+    diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+    if diff:
+        raise CacheMismatchError(
+            f"teacher cache {where} was built with a different {', '.join(diff)} "
+            f"({'; '.join(f'{k}: {found.get(k)!r} != {wanted.get(k)!r}' for k in diff)}); "
+            f"use another out_dir or rebuild it")
+
+
+def build_cache(cfg: CacheConfig, teacher=None, on_shard: Optional[Callable[[int], None]] = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Build (or finish) the cache; return the index."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out_dir)
+    cuts, _ = load_manifest(cfg.manifest, cfg.bad_sample_policy)
+    cuts = list(cuts)
+    teacher = teacher or build_teacher(cfg.teacher)
+    stamp = make_stamp(cfg, teacher)
+    index: dict[str, Any] = {"stamp": stamp, "shards": [], "complete": False}
+    if (out / INDEX).is_file():
+        index = json.loads((out / INDEX).read_text())
+        check_stamp(index["stamp"], stamp, out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {s["file"] for s in index["shards"] if (out / s["file"]).is_file()}
+    n_shards = (len(cuts) + cfg.shard_size - 1) // cfg.shard_size
+    bar = tqdm(total=n_shards, desc="teacher cache", unit="shard", disable=not progress)
+    for si in range(n_shards):
+        name = f"shard-{si:05d}.safetensors"
+        bar.update(1)
+        if name in done:
+            continue
+        shard = cuts[si * cfg.shard_size : (si + 1) * cfg.shard_size]
+        tensors, utts = _compute_shard(cfg, teacher, shard)
+        save_file(tensors, str(out / f".{name}.tmp"), metadata={"utts": json.dumps(utts, ensure_ascii=False)})
+        (out / f".{name}.tmp").replace(out / name)
+        index["shards"] = [s for s in index["shards"] if s["file"] != name] + [{"file": name, "ids": [u["id"] for u in utts]}]
+        index["shards"].sort(key=lambda s: s["file"])
+        atomic_write_json(out / INDEX, index)
+        if on_shard is not None:
+            on_shard(si)
+    bar.close()
+    index["complete"] = True
+    index["summary"] = _summary(out, index)
+    atomic_write_json(out / INDEX, index)
+    return index
+
+
+def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "target_ids": [], "target_logprobs": []}
+    lengths, utts = [], []
+    for b in range(0, len(cuts), cfg.batch_size):
+        chunk = cuts[b : b + cfg.batch_size]
+        audios = [load_audio(c.recording.sources[0].source, offset=c.start, duration=c.duration) for c in chunk]
+        refs = [c.supervisions[0].text for c in chunk]
+        langs = [c.supervisions[0].language for c in chunk]
+        batch = teacher.prepare(audios, langs)
+        targets = [teacher.encode_text(r, l) for r, l in zip(refs, langs)]
+        sc = teacher.score(batch, targets, top_k=cfg.top_k)
+        gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens) if cfg.generate else None
+        for i, (c, ref, lang, tgt) in enumerate(zip(chunk, refs, langs, targets)):
+            n = len(tgt)
+            parts["topk_ids"].append(sc.topk_ids[i, :n].to(torch.int32).cpu())
+            parts["topk_logprobs"].append(sc.topk_logprobs[i, :n].float().cpu())
+            parts["target_ids"].append(torch.tensor(tgt, dtype=torch.int32))
+            parts["target_logprobs"].append(sc.target_logprobs[i, :n].float().cpu())
+            lengths.append(n)
+            u: dict[str, Any] = {"id": c.id, "ref": ref, "language": lang}
+            if gen is not None:
+                s = score_utterance(ref, gen.texts[i], lang)
+                u.update(hyp=gen.texts[i], hyp_ids=gen.token_ids[i], errors=s.errors, ref_units=s.ref_units)
+            utts.append(u)
+    tensors = {k: torch.cat(v) for k, v in parts.items()}
+    tensors["offsets"] = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
+    return tensors, utts
+
+
+def _summary(out: Path, index: dict[str, Any]) -> dict[str, Any]:
+    metric = ErrorRate()
+    n = 0
+    for s in index["shards"]:
+        with open(out / s["file"], "rb") as f:  # read only the header's metadata
+            hlen = int.from_bytes(f.read(8), "little")
+            utts = json.loads(json.loads(f.read(hlen))["__metadata__"]["utts"])
+        n += len(utts)
+        if utts and "hyp" in utts[0]:
+            metric.update([u["hyp"] for u in utts], [u["ref"] for u in utts], [u["language"] for u in utts])
+    res = {k: v.item() for k, v in metric.compute().items()} if metric.n_utts > 0 else {}
+    return {"n_utts": n, "teacher_error_rate": res.get("error_rate"), "teacher_ref_units": res.get("ref_units")}
+
+
+@dataclass
+class CachedUtterance:
+    id: str
+    ref: str
+    language: str
+    topk_ids: torch.Tensor  # (n, k) long, teacher vocabulary
+    topk_logprobs: torch.Tensor  # (n, k) float32
+    target_ids: torch.Tensor  # (n,) long: the reference transcript in the teacher vocabulary (+ stop)
+    target_logprobs: torch.Tensor  # (n,) float32
+    hyp: Optional[str] = None
+    hyp_ids: Optional[list[int]] = None
+    errors: Optional[int] = None
+    ref_units: Optional[int] = None
+
+    @property
+    def teacher_error_rate(self) -> Optional[float]:
+        return None if self.errors is None else self.errors / max(1, self.ref_units or 0)
+
+
+class TeacherCache:
+    """Read access to a finished cache (all shards loaded; the cache of a CPU-scale run is small)."""
+
+    def __init__(self, path: str | Path, expected_stamp: Optional[dict[str, Any]] = None) -> None:
+        self.path = Path(path)
+        if not (self.path / INDEX).is_file():
+            raise FileNotFoundError(f"no teacher cache at {self.path} (run asr-distill cache-teacher first)")
+        self.index = json.loads((self.path / INDEX).read_text())
+        if not self.index.get("complete"):
+            raise CacheMismatchError(f"teacher cache {self.path} is incomplete; rerun asr-distill cache-teacher to finish it")
+        if expected_stamp is not None:
+            check_stamp(self.index["stamp"], expected_stamp, self.path)
+        self._items: dict[str, CachedUtterance] = {}
+        for s in self.index["shards"]:
+            t = load_file(str(self.path / s["file"]))
+            with open(self.path / s["file"], "rb") as f:
+                hlen = int.from_bytes(f.read(8), "little")
+                utts = json.loads(json.loads(f.read(hlen))["__metadata__"]["utts"])
+            off = t["offsets"].tolist()
+            for i, u in enumerate(utts):
+                a, b = off[i], off[i + 1]
+                self._items[u["id"]] = CachedUtterance(
+                    id=u["id"], ref=u["ref"], language=u["language"], topk_ids=t["topk_ids"][a:b].long(),
+                    topk_logprobs=t["topk_logprobs"][a:b], target_ids=t["target_ids"][a:b].long(),
+                    target_logprobs=t["target_logprobs"][a:b], hyp=u.get("hyp"), hyp_ids=u.get("hyp_ids"),
+                    errors=u.get("errors"), ref_units=u.get("ref_units"))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self._items
+
+    def __getitem__(self, uid: str) -> CachedUtterance:
+        try:
+            return self._items[uid]
+        except KeyError:
+            raise KeyError(f"utterance {uid!r} is not in the teacher cache {self.path}") from None
+
+    @property
+    def stamp(self) -> dict[str, Any]:
+        return self.index["stamp"]
+
+    def pseudo_labels(self, max_error_rate: Optional[float] = None) -> dict[str, str]:
+        """Teacher transcripts by utterance id, optionally only where the teacher's normalised error rate
+        against the reference is at most ``max_error_rate`` (Distil-Whisper's filter)."""
+        out = {}
+        for uid, u in self._items.items():
+            if u.hyp is None:
+                raise ValueError(f"teacher cache {self.path} holds no transcripts (built with generate=false)")
+            if max_error_rate is None or (u.teacher_error_rate is not None and u.teacher_error_rate <= max_error_rate):
+                out[uid] = u.hyp
+        return out
