@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.losses import build_candidates, cross_entropy, kd_kl, sparse_kd_kl, union_topk_kl
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cross_entropy_matches_torch_and_masks():
+    z, y = _rand(2, 5, 11), torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
+    y[1, 3:] = -100
+    assert cross_entropy(z, y).item() == pytest.approx(F.cross_entropy(z.reshape(-1, 11), y.reshape(-1), ignore_index=-100).item(), rel=1e-6)
+    assert cross_entropy(z, torch.full_like(y, -100)).item() == 0.0
+
+
+def test_kd_kl_zero_for_equal_and_hand_value():
+    z = _rand(2, 3, 7)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert kd_kl(z, z, mask, tau=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    t, s = torch.tensor([[[0.0, math.log(3.0)]]]), torch.tensor([[[0.0, 0.0]]])
+    p = torch.tensor([0.25, 0.75])
+    expect = (p * (p.log() - torch.tensor([0.5, 0.5]).log())).sum().item()
+    assert kd_kl(s, t, torch.ones(1, 1, dtype=torch.bool), tau=1.0).item() == pytest.approx(expect, rel=1e-6)
+    assert kd_kl(z, _rand(2, 3, 7, seed=5), torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_sparse_kd_equals_full_when_k_is_vocab():
+    zs, zt = _rand(2, 4, 9), _rand(2, 4, 9, seed=3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    lp = F.log_softmax(zt, -1)
+    v, i = lp.topk(9, -1)
+    assert sparse_kd_kl(zs, i, v, mask, tau=2.0).item() == pytest.approx(kd_kl(zs, zt, mask, tau=2.0).item(), rel=1e-5)
+
+
+def _setup(B=2, T=5, U=6, seed=0):
+    zs = _rand(B, T, U, seed=seed).requires_grad_(True)
+    lt = F.log_softmax(_rand(B, T, U, seed=seed + 1), -1)
+    cm = torch.ones(B, T, U, dtype=torch.bool)
+    cm[0, 1, 3:] = False
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 4] = False
+    return zs, lt, cm, mask
+
+
+def test_union_zero_when_teacher_equals_student():
+    zs, _, cm, mask = _setup()
+    lt = F.log_softmax(zs.detach(), -1)
+    assert union_topk_kl(zs, lt, cm, mask, tau=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_union_gradient_is_tau_over_T_times_qS_minus_qT(tau):
+    zs, lt, cm, mask = _setup()
+    loss = union_topk_kl(zs, lt, cm, mask, tau=tau)
+    loss.backward()
+    neg = float("-inf")
+    qs = torch.softmax(torch.where(cm, zs.detach() / tau, torch.tensor(neg)), -1)
+    qt = torch.softmax(torch.where(cm, lt / tau, torch.tensor(neg)), -1)
+    n = mask.sum()
+    expect = (tau / n) * (qs - qt) * mask[..., None] * cm
+    torch.testing.assert_close(zs.grad, expect, atol=1e-6, rtol=1e-5)
+
+
+def test_union_excludes_rows_with_fewer_than_two_candidates_and_all_masked_is_zero():
+    zs, lt, cm, mask = _setup()
+    base = union_topk_kl(zs, lt, cm, mask).item()
+    cm2 = cm.clone()
+    cm2[0, 0, 1:] = False  # one candidate left at (0, 0): that position leaves the mean
+    m2 = mask.clone()
+    m2[0, 0] = False
+    assert union_topk_kl(zs, lt, cm2, mask).item() == pytest.approx(union_topk_kl(zs, lt, cm, m2).item(), rel=1e-6)
+    assert base > 0
+    zero = union_topk_kl(zs, lt, cm, torch.zeros_like(mask))
+    assert zero.item() == 0.0 and not torch.isnan(zero)
+    zero.backward()
+    assert torch.isfinite(zs.grad).all()
+    # a -inf teacher value removes that candidate
+    lt_inf = lt.clone()
+    lt_inf[~cm] = float("-inf")
+    assert union_topk_kl(zs, lt_inf, torch.ones_like(cm), mask).item() == pytest.approx(base, rel=1e-6)
+
+
+def test_reverse_and_jsd_hand_computed():
+    zs = torch.tensor([[[0.0, 0.0]]])
+    lt = torch.tensor([[[math.log(0.25), math.log(0.75)]]])
+    cm, mask = torch.ones(1, 1, 2, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool)
+    p, q = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])
+    rev = (q * (q.log() - p.log())).sum().item()
+    assert union_topk_kl(zs, lt, cm, mask, direction="reverse").item() == pytest.approx(rev, rel=1e-6)
+    m = 0.5 * p + 0.5 * q
+    jsd = 0.5 * (p * (p.log() - m.log())).sum() + 0.5 * (q * (q.log() - m.log())).sum()
+    assert union_topk_kl(zs, lt, cm, mask, direction="jsd", beta=0.5).item() == pytest.approx(jsd.item(), rel=1e-6)
+
+
+def test_union_equals_teacher_only_when_student_inside_teacher():
+    K = torch.tensor([[[5, 2, 9, 7]]])
+    S = torch.tensor([[[9, 5]]])
+    u, k = build_candidates(S, K, "union"), build_candidates(S, K, "teacher")
+    assert sorted(u[0, 0].tolist()) == sorted(k[0, 0].tolist()) == [2, 5, 7, 9]
+    both = build_candidates(torch.tensor([[[1, 3, -1]]]), torch.tensor([[[3, 4, -1]]]), "union")
+    assert sorted(x for x in both[0, 0].tolist() if x >= 0) == [1, 3, 4]
+    assert build_candidates(S, K, "student")[0, 0].tolist() == [9, 5]
+
+
+def test_bf16_inputs_finite():
+    zs, lt, cm, mask = _setup()
+    out = union_topk_kl(zs.detach().bfloat16().requires_grad_(True), lt.bfloat16(), cm, mask)
+    assert torch.isfinite(out)
+    assert torch.isfinite(kd_kl(zs.bfloat16(), lt.bfloat16(), mask))
