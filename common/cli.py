@@ -92,6 +92,36 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from common.config import load
+    from common.train import method_of
+
+    method = method_of(args.config, list(args.overrides))
+    if method == "askd_whisper":
+        from askd_whisper.config import AskdConfig
+        from askd_whisper.run import fit
+
+        cfg = load(AskdConfig, args.config, list(args.overrides))
+    else:
+        from ark_asr.config import ArkConfig
+        from ark_asr.run import fit
+
+        cfg = load(ArkConfig, args.config, list(args.overrides))
+    summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    if "table" in summary:
+        print(summary["table"])
+    print(f"run directory: {cfg.run_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from askd_whisper.run import export
+
+    out = export(args.ckpt, args.out)
+    print(f"exported a Hugging Face model to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from common.demo import run_demo
 
@@ -131,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. manifest=... out_dir=... top_k=16")
     ct.set_defaults(func=cmd_cache_teacher)
 
+    fi = sub.add_parser("fit", help="train one stage/experiment from a config (method: askd_whisper | ark_asr)")
+    fi.add_argument("-c", "--config", required=True, help="YAML experiment config with a 'method:' key")
+    fi.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+    fi.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    fi.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. trainer.max_steps=100 curriculum.schedule=linear")
+    fi.set_defaults(func=cmd_fit)
+
+    ex = sub.add_parser("export", help="write a Hugging Face directory (weights, config, processor) from a checkpoint")
+    ex.add_argument("--ckpt", required=True, help="a student checkpoint (RUN_DIR/checkpoints/last.ckpt)")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.set_defaults(func=cmd_export)
+
     de = sub.add_parser("demo", help="the main job on the embedded default corpus; prints the results table(s)")
     de.add_argument("--out", default="runs/demo", help="demo run directory")
     de.add_argument("--corpus", help="synthetic corpus directory (default: cache folder)")
@@ -149,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError) as err:
+    except (ValueError, ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError) as err:
+        if os.environ.get("ASR_DISTILL_DEBUG"):
+            raise
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
 

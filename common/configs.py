@@ -19,6 +19,10 @@ def schema_for(path: str | Path) -> type:
         from common.data.synth import SynthConfig
 
         return SynthConfig
+    if top == "askd_whisper":
+        from askd_whisper.config import AskdConfig
+
+        return AskdConfig
     if top == "teachers":
         from common.teachers.cache import CacheConfig
 

@@ -209,7 +209,24 @@ class AudioDataModule(L.LightningDataModule):
 
     # -- resumable sampler state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self._sampler.state_dict()} if self._sampler is not None else {}
+        """The training sampler's position, counted in batches the trainer has processed.
+
+        Lightning fetches one batch ahead, so the sampler itself is a batch further than training; the
+        saved position is corrected to what was trained on, so a resumed run sees exactly the next batch.
+        """
+        if self._sampler is None:
+            return {}
+        import copy
+
+        sd = copy.deepcopy(self._sampler.state_dict())
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            diag = sd["diagnostics"]
+            stats = diag["stats_per_epoch"].get(diag["current_epoch"])
+            if stats is not None:
+                stats["kept_batches"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                stats["discarded_batches"] = 0
+        return {"sampler": sd}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._sampler_state = state.get("sampler")

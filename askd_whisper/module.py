@@ -1,0 +1,177 @@
+"""ASKD-Whisper LightningModule: phase A (decaying teacher KD) then phase B (self-KD).
+
+phase A (step < boundary):  L = w_CE(r) CE(y) + (1/|T|) sum_t w_t tau^2 KL(pT_t || pS_t),  w_t = lambda(r) [x gating/confidence]
+phase B (step >= boundary): L = (1 - beta) CE(y) + beta tau^2 KL(pSelf || pS)
+The teacher is frozen, kept outside the module's parameters and checkpoints; the self-teacher (snapshot, EMA or
+previous-epoch copy of the student) IS part of the checkpoint, so a resumed run is the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+from askd_whisper.config import AskdConfig
+from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teacher_weight
+from askd_whisper.student import build_student
+from common.evaluate import WhisperTranscriber
+from common.losses import cross_entropy, kd_kl, sparse_kd_kl
+from common.metrics import ErrorRate
+from common.train import configure_optim
+
+
+class AskdModule(L.LightningModule):
+    def __init__(self, cfg: AskdConfig, teacher, student=None, cache=None, dev_names: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.student = student if student is not None else build_student(
+            teacher.model, cfg.student.n_decoder_layers, cfg.student.freeze_encoder)
+        object.__setattr__(self, "teacher", teacher)  # frozen, not a submodule: never in state_dict or optimizer
+        object.__setattr__(self, "self_teacher", None)  # saved through on_save_checkpoint
+        self.processor = teacher.processor
+        self.cache = cache
+        self.dev_names = list(dev_names)
+        self.val_metrics = torch.nn.ModuleList([ErrorRate() for _ in self.dev_names])
+        self._pending_self_teacher: Optional[dict] = None
+
+    # -- schedules ------------------------------------------------------------------------------
+    @property
+    def boundary_step(self) -> int:
+        sk = self.cfg.self_kd
+        return int(sk.boundary * self.cfg.trainer.max_steps) if sk.enabled else self.cfg.trainer.max_steps
+
+    def weights(self, step: int) -> tuple[str, float, float]:
+        """(phase, lambda, beta) at a global step."""
+        c, sk = self.cfg.curriculum, self.cfg.self_kd
+        if step < self.boundary_step:
+            lam = teacher_weight(c.schedule, step / max(1, self.boundary_step), c.lambda_0, c.lambda_min, c.gamma,
+                                 self.current_epoch, c.milestones)
+            return "A", (lam if self.cfg.teacher_source != "none" else 0.0), 0.0
+        rb = (step - self.boundary_step) / max(1, self.cfg.trainer.max_steps - self.boundary_step)
+        return "B", 0.0, self_kd_weight(sk.beta_schedule, rb, sk.beta_0, sk.beta_max)
+
+    # -- forward pieces -------------------------------------------------------------------------
+    def _encode(self, feats: torch.Tensor) -> torch.Tensor:
+        shared = self.cfg.student.freeze_encoder and self.teacher is not None
+        if shared:  # the frozen student encoder IS the teacher's: one pass feeds both
+            with torch.no_grad():
+                return self.teacher.encode({"input_features": feats}).to(feats.dtype)
+        return self.student.model.encoder(feats).last_hidden_state
+
+    @staticmethod
+    def _decoder_logits(model, enc, batch) -> torch.Tensor:
+        out = model.model.decoder(input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
+                                  encoder_hidden_states=enc)
+        return model.proj_out(out.last_hidden_state)
+
+    def _cached_topk(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher top-k from the cache, laid out at the label positions (cache rows = reference + stop)."""
+        B, T = labels.shape
+        k = self.cache.stamp["top_k"]
+        ids = torch.full((B, T, k), -1, dtype=torch.long, device=labels.device)
+        lps = torch.zeros((B, T, k), device=labels.device)
+        for i, uid in enumerate(batch["ids"]):
+            u = self.cache[uid]
+            pos = (labels[i] != -100).nonzero().squeeze(-1)
+            n = min(len(pos), u.topk_ids.shape[0])
+            ids[i, pos[:n]], lps[i, pos[:n]] = u.topk_ids[:n].to(labels.device), u.topk_logprobs[:n].to(labels.device)
+        return ids, lps
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
+        if not batch["ids"]:
+            return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
+        phase, lam, beta = self.weights(self.global_step)
+        labels = batch["labels"]
+        mask = labels != -100
+        enc = self._encode(batch["input_features"])
+        s_logits = self._decoder_logits(self.student, enc, batch)  # (B, T, V)
+        ce = cross_entropy(s_logits, labels)
+        logs = {"ce": ce, "lambda": lam, "beta": beta, "phase": float(phase == "B")}
+        if phase == "A":
+            kd = torch.zeros((), device=ce.device)
+            if lam > 0 and self.cfg.teacher_source == "online":
+                with torch.no_grad():
+                    t_logits = self._decoder_logits(self.teacher.model, enc.to(self.teacher.device), batch).to(s_logits.dtype)
+                w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, t_logits, labels)
+                kd = kd_kl(s_logits, t_logits, mask, self.cfg.curriculum.tau, weights=w)
+                logs["teacher_label_agreement"] = ((t_logits.argmax(-1) == labels) & mask).sum() / mask.sum().clamp(min=1)
+            elif lam > 0 and self.cfg.teacher_source == "cache":
+                ids, lps = self._cached_topk(batch, labels)
+                w = torch.full_like(lps[..., 0], lam)
+                if self.cfg.curriculum.adaptive == "gating":
+                    w = w * (ids[..., 0] == labels).float()
+                elif self.cfg.curriculum.adaptive == "confidence":
+                    w = w * lps[..., 0].exp()
+                kd = sparse_kd_kl(s_logits, ids, lps, mask, self.cfg.curriculum.tau, weights=w)
+                logs["teacher_label_agreement"] = ((ids[..., 0] == labels) & mask).sum() / mask.sum().clamp(min=1)
+            ce_w = (1.0 - lam) if self.cfg.curriculum.ce_weight is None else self.cfg.curriculum.ce_weight
+            loss = ce_w * ce + kd
+            logs["kd"] = kd
+        else:
+            with torch.no_grad():
+                self_logits = self._decoder_logits(self.self_teacher, enc, batch)
+            skd = kd_kl(s_logits, self_logits, mask, self.cfg.self_kd.tau)
+            loss = (1.0 - beta) * ce + beta * skd
+            logs["self_kd"] = skd
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=len(batch["ids"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    # -- self-teacher lifecycle -----------------------------------------------------------------
+    def _copy_student(self) -> torch.nn.Module:
+        t = copy.deepcopy(self.student).eval()
+        t.requires_grad_(False)
+        return t
+
+    def on_train_start(self) -> None:
+        if self._pending_self_teacher is not None:  # resumed: rebuild the self-teacher exactly
+            object.__setattr__(self, "self_teacher", self._copy_student())
+            self.self_teacher.load_state_dict(self._pending_self_teacher)
+            self._pending_self_teacher = None
+        elif self.cfg.self_kd.enabled and self.cfg.self_kd.self_teacher == "ema" and self.self_teacher is None:
+            object.__setattr__(self, "self_teacher", self._copy_student())
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        sk = self.cfg.self_kd
+        if sk.enabled and self.global_step >= self.boundary_step and self.self_teacher is None:
+            object.__setattr__(self, "self_teacher", self._copy_student())  # snapshot / first prev-epoch copy
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        sk = self.cfg.self_kd
+        if sk.enabled and sk.self_teacher == "ema" and self.self_teacher is not None:
+            with torch.no_grad():
+                for e, p in zip(self.self_teacher.parameters(), self.student.parameters()):
+                    e.lerp_(p.detach(), 1.0 - sk.ema_decay)
+
+    def on_train_epoch_end(self) -> None:
+        sk = self.cfg.self_kd
+        if sk.enabled and sk.self_teacher == "prev_epoch" and self.global_step >= self.boundary_step:
+            object.__setattr__(self, "self_teacher", self._copy_student())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        st = self.self_teacher
+        checkpoint["askd"] = {"self_teacher": None if st is None else {k: v.cpu() for k, v in st.state_dict().items()},
+                              "student_config": self.student.config.to_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_self_teacher = checkpoint.get("askd", {}).get("self_teacher")
+
+    # -- validation -----------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not batch["ids"]:
+            return
+        hyps = WhisperTranscriber(self.student, self.processor).transcribe(batch, self.cfg.decoding)
+        self.val_metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
+
+    def on_validation_epoch_end(self) -> None:
+        for name, m in zip(self.dev_names, self.val_metrics):
+            r = m.compute()
+            self.log(f"val/{name}/error_rate", r["error_rate"].float(), sync_dist=False)
+            m.reset()
+
+    def configure_optimizers(self):
+        return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

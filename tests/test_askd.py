@@ -1,0 +1,144 @@
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teacher_weight
+from askd_whisper.student import build_student, spaced_layers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_lambda_schedules_values_and_monotone(kind):
+    assert teacher_weight(kind, 0.0, 0.9, 0.1) == pytest.approx(0.9)
+    assert teacher_weight(kind, 0.5, 0.9, 0.1) == pytest.approx(0.5)
+    assert teacher_weight(kind, 1.0, 0.9, 0.1) == pytest.approx(0.1)
+    vals = [teacher_weight(kind, r, 0.9, 0.0) for r in np.linspace(0, 1, 21)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+
+
+def test_other_schedules():
+    assert teacher_weight("constant", 0.7, 0.9) == 0.9
+    assert [teacher_weight("exponential", 0, 0.8, 0.1, gamma=0.5, epoch=e) for e in range(4)] == [0.8, 0.4, 0.2, 0.1]
+    assert [teacher_weight("step", r, 0.8, 0.0, gamma=0.5, milestones=[0.3, 0.6]) for r in (0.0, 0.5, 1.0)] == [0.8, 0.4, 0.2]
+    assert self_kd_weight("linear", 0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert self_kd_weight("constant", 0.9, 0.2, 0.8) == 0.2
+
+
+def test_adaptive_weights_gating_and_confidence():
+    t = torch.tensor([[[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])
+    y = torch.tensor([[0, 2]])
+    assert adaptive_token_weights("gating", 0.5, t, y).tolist() == [[0.5, 0.0]]
+    conf = adaptive_token_weights("confidence", 1.0, t, y)
+    assert conf[0, 0].item() == pytest.approx(torch.softmax(t[0, 0], -1).max().item())
+
+
+def test_spaced_layers():
+    assert spaced_layers(32, 2) == [0, 31]
+    assert spaced_layers(4, 2) == [0, 3]
+    assert spaced_layers(32, 4) == [0, 10, 21, 31]
+    with pytest.raises(ValueError):
+        spaced_layers(4, 5)
+
+
+def test_student_copies_teacher_layers(whisper_tiny):
+    teacher, _ = whisper_tiny
+    s = build_student(teacher, 2)
+    assert s.config.decoder_layers == 2
+    torch.testing.assert_close(s.model.decoder.layers[1].fc1.weight, teacher.model.decoder.layers[3].fc1.weight)
+    torch.testing.assert_close(s.model.encoder.layers[2].fc1.weight, teacher.model.encoder.layers[2].fc1.weight)
+    assert s.proj_out.weight.data_ptr() == s.model.decoder.embed_tokens.weight.data_ptr()
+    assert not any(p.requires_grad for p in s.model.encoder.parameters())
+
+
+def test_large_v3_two_layer_student_on_meta_has_756m_params():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
+                        encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120)
+    with torch.device("meta"):
+        teacher = WhisperForConditionalGeneration(cfg)
+    student = build_student(teacher, 2)
+    n = sum(p.numel() for p in student.parameters())
+    print(f"large-v3 2-layer student: {n / 1e6:.1f}M parameters (teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
+    assert 740e6 < n < 770e6
+
+
+def _cfg(tiny_corpus, run_dir, **over):
+    from askd_whisper.config import AskdConfig
+    from common.config import from_dict
+
+    base = {
+        "run_dir": str(run_dir), "student": {"n_decoder_layers": 1},
+        "data": {"train": [str(tiny_corpus / "en_train" / "manifest.jsonl")], "batch_seconds": 12.0, "num_buckets": 2,
+                 "shuffle": True, "seed": 0},
+        "trainer": {"max_steps": 6, "log_every_n_steps": 1, "progress_bar": False, "seed": 0},
+        "self_kd": {"enabled": True, "boundary": 0.5, "self_teacher": "ema", "ema_decay": 0.9},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "decoding": {"max_new_tokens": 20},
+    }
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return from_dict(AskdConfig, base)
+
+
+@pytest.fixture(scope="module")
+def teacher(whisper_tiny):
+    from common.teachers.whisper_teacher import WhisperTeacher
+
+    return WhisperTeacher(*whisper_tiny)
+
+
+def _weights(run_dir):
+    ck = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ck["state_dict"], ck["askd"]["self_teacher"]
+
+
+def test_fit_then_resume_is_the_same_run(tiny_corpus, tmp_path, teacher):
+    """2N steps in one go == N steps, stop, resume N more (phase B and the EMA self-teacher included)."""
+    from askd_whisper.run import fit
+
+    full = fit(_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
+    assert full["steps"] == 6
+    assert not any(k.startswith("teacher") for k in _weights(tmp_path / "full")[0])  # teacher never in the checkpoint
+    half = _cfg(tiny_corpus, tmp_path / "half")
+    stopped = fit(half, teacher=teacher, stop_after_steps=3)  # phase A only, mid-epoch
+    assert stopped["stopped_early"] and not (tmp_path / "half" / "summary.json").exists()
+    assert fit(half, resume=True, teacher=teacher)["steps"] == 6
+    a, ea = _weights(tmp_path / "full")
+    b, eb = _weights(tmp_path / "half")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    for k in ea:
+        torch.testing.assert_close(ea[k], eb[k], atol=0, rtol=0, msg=k)
+
+
+def test_kd_variants_run(tiny_corpus, tmp_path, teacher):
+    from askd_whisper.run import fit
+
+    for i, over in enumerate([
+        {"curriculum": {"schedule": "linear", "adaptive": "gating"}, "self_kd": {"enabled": True, "self_teacher": "snapshot"}},
+        {"curriculum": {"schedule": "step", "adaptive": "confidence"}, "self_kd": {"enabled": True, "self_teacher": "prev_epoch"}},
+        {"teacher_source": "none", "self_kd": {"enabled": False}},
+    ]):
+        s = fit(_cfg(tiny_corpus, tmp_path / f"r{i}", trainer={"max_steps": 3}, **over), teacher=teacher)
+        assert s["steps"] == 3
+
+
+def test_export_loads_in_transformers_pipeline(tiny_corpus, tmp_path, teacher, real_speech):
+    import transformers
+
+    from askd_whisper.run import export, fit
+    from common.audio import load_audio
+
+    fit(_cfg(tiny_corpus, tmp_path / "run", trainer={"max_steps": 2}), teacher=teacher)
+    out = export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(out), device="cpu")
+    clip = load_audio(real_speech / "librivox_pocketsphinx" / "sense_and_sensibility_01_austen_64kb-0890.wav")
+    text = asr({"raw": clip, "sampling_rate": 16000}, generate_kwargs={"max_new_tokens": 30})["text"]
+    assert isinstance(text, str) and text.strip()
+    student = transformers.WhisperForConditionalGeneration.from_pretrained(out)
+    assert student.config.decoder_layers == 1
