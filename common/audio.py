@@ -83,6 +83,12 @@ def load_audio(
     return resample(mono, sr, target_sr)
 
 
+def as_numpy(audios) -> list[np.ndarray]:
+    """Waveforms as float32 numpy arrays (a DataLoader converts numpy arrays in a batch to tensors)."""
+    return [a.detach().cpu().numpy().astype(np.float32, copy=False) if isinstance(a, torch.Tensor)
+            else np.asarray(a, dtype=np.float32) for a in audios]
+
+
 def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = TARGET_SR) -> None:
     """Write 16-bit FLAC through a temporary file (atomic)."""
     import os

@@ -23,6 +23,10 @@ def schema_for(path: str | Path) -> type:
         from askd_whisper.config import AskdConfig
 
         return AskdConfig
+    if top == "ark_asr":
+        from ark_asr.config import ArkConfig
+
+        return ArkConfig
     if top == "teachers":
         from common.teachers.cache import CacheConfig
 

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import lightning as L
 import torch
@@ -131,6 +131,55 @@ class StopAfterSteps(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.n:
             trainer.should_stop = True
+
+
+def run_fit(cfg: Any, build: Callable[[], tuple[L.LightningModule, Any, dict]], transcriber: Callable[[L.LightningModule], Any],
+            resume: bool = False, overwrite: bool = False, stop_after_steps: Optional[int] = None,
+            on_trained: Optional[Callable[[L.LightningModule, Path], None]] = None) -> dict[str, Any]:
+    """The run-directory life cycle shared by both methods.
+
+    prepare (or resume) ``cfg.run_dir`` -> seed -> config.yaml + meta.json -> ``build()`` (module, datamodule, info)
+    -> Trainer.fit -> last.ckpt -> ``on_trained`` (e.g. save the student) -> evaluate ``cfg.data.test`` with
+    ``transcriber(module)`` -> summary.json (last). ``stop_after_steps`` stops early and returns without a summary.
+    """
+    import json
+    import time
+
+    from common.config import save_yaml
+    from common.evaluate import EvalConfig, markdown_table, run_evaluation
+    from common.io import SUMMARY, atomic_write_json, git_revision, is_complete, prepare_run_dir
+
+    run_dir = Path(cfg.run_dir)
+    if resume and is_complete(run_dir):
+        return json.loads((run_dir / SUMMARY).read_text())
+    ckpt = last_checkpoint(run_dir) if resume else None
+    if not resume:
+        prepare_run_dir(run_dir, overwrite=overwrite)
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "meta.json", {"git_revision": git_revision(), "method": cfg.method, "torch": torch.__version__})
+    module, dm, info = build()
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks=[StopAfterSteps(stop_after_steps)] if stop_after_steps else None)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    train_s = time.time() - t0
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    if trainer.global_step < cfg.trainer.max_steps:  # stopped early: resumable, not complete
+        return {"method": cfg.method, "steps": trainer.global_step, "stopped_early": True}
+    if on_trained is not None and trainer.is_global_zero:
+        on_trained(module, run_dir)
+    summary: dict[str, Any] = {"method": cfg.method, "steps": trainer.global_step, "train_seconds": round(train_s, 1),
+                               "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad), **info}
+    if cfg.data.test and trainer.is_global_zero:
+        module.eval()
+        ev = EvalConfig(out_dir=str(run_dir / "eval"), model=str(run_dir), sets=list(cfg.data.test), decoding=cfg.decoding,
+                        bad_sample_policy=cfg.data.bad_sample_policy)
+        res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
+        summary["sets"] = res["sets"]
+        summary["table"] = markdown_table(res, run_dir.name)
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / SUMMARY, summary)
+    return summary
 
 
 def method_of(path: str | Path | None, overrides: list[str]) -> str:

@@ -253,3 +253,19 @@ class TeacherCache:
             if max_error_rate is None or (u.teacher_error_rate is not None and u.teacher_error_rate <= max_error_rate):
                 out[uid] = u.hyp
         return out
+
+
+def relabel_with_teacher(cuts, cache: "TeacherCache", max_error_rate: Optional[float]):
+    """Replace each cut's transcript by the teacher's (pseudo-labels); drop cuts without one or above the
+    error-rate filter. Returns ``(cuts, {"kept", "dropped"})``."""
+    labels = cache.pseudo_labels(max_error_rate)
+
+    def relabel(c):
+        c.supervisions[0].text = labels[c.id]
+        return c
+
+    before = len(cuts)
+    out = cuts.filter(lambda c: c.id in labels and labels[c.id].strip()).map(relabel).to_eager()
+    if len(out) == 0:
+        raise ValueError(f"no training utterance passes the pseudo-label filter (max error rate {max_error_rate})")
+    return out, {"kept": len(out), "dropped": before - len(out)}

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from common.audio import TARGET_SR
+from common.audio import TARGET_SR, as_numpy as _as_numpy
 from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, score_hidden
 from common.teachers.qwen3 import load_qwen3_tokenizer
 from common.text import LANGUAGE_NAMES, detect_language
@@ -79,7 +79,7 @@ class Qwen3ASRTeacher:
 
     # -- inputs ---------------------------------------------------------------------------------
     def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str] | None = None) -> dict[str, Any]:
-        f = self.feature_extractor(list(audios), sampling_rate=TARGET_SR, padding=True, return_attention_mask=True,
+        f = self.feature_extractor(_as_numpy(audios), sampling_rate=TARGET_SR, padding=True, return_attention_mask=True,
                                    return_tensors="pt")
         mask = f["attention_mask"]
         return {"input_features": f["input_features"], "input_features_mask": mask,

@@ -26,7 +26,8 @@ class RetokenizeStats:
 class TokenMap:
     """Lookup tables between two vocabularies (ids mapping to -1 have no counterpart)."""
 
-    def __init__(self, teacher_tokenizer, student_tokenizer) -> None:
+    def __init__(self, teacher_tokenizer, student_tokenizer, extra: dict[int, int] | None = None) -> None:
+        """``extra``: teacher id -> student id pairs that correspond by role, not by string (stop tokens)."""
         self.teacher_tokenizer, self.student_tokenizer = teacher_tokenizer, student_tokenizer
         t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
         nt = max(t_vocab.values()) + 1
@@ -38,6 +39,8 @@ class TokenMap:
             if sid is not None:
                 self.t2s[tid] = sid
                 self.s2t[sid] = tid
+        for tid, sid in (extra or {}).items():
+            self.t2s[tid], self.s2t[sid] = sid, tid
         self.n_teacher, self.n_student = len(t_vocab), len(s_vocab)
         self.n_shared = int((self.t2s >= 0).sum())
         self.stats = RetokenizeStats()

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from common.audio import TARGET_SR
+from common.audio import TARGET_SR, as_numpy as _as_numpy
 from common.data.collate import is_multilingual, whisper_prefix, whisper_target_ids
 from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, score_hidden
 
@@ -21,6 +21,7 @@ class WhisperTeacher:
         self.tokenizer = processor.tokenizer
         self.multilingual = is_multilingual(self.tokenizer)
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.stop_id = self.eot
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "WhisperTeacher":
@@ -34,7 +35,7 @@ class WhisperTeacher:
         return next(self.model.parameters()).device
 
     def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
-        feats = self.processor.feature_extractor(list(audios), sampling_rate=TARGET_SR, return_tensors="pt").input_features
+        feats = self.processor.feature_extractor(_as_numpy(audios), sampling_rate=TARGET_SR, return_tensors="pt").input_features
         return {"input_features": feats, "languages": list(languages)}
 
     def encode_text(self, text: str, language: str = "en") -> list[int]:

@@ -1,0 +1,113 @@
+"""Ark-ASR experiment schema (papers.md sec. 1). Paper-faithful defaults; alternatives are ablations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from common.data.datamodule import DataConfig
+from common.evaluate import DecodeConfig
+from common.teachers import TeacherConfig
+from common.train import OptimConfig, TrainerConfig
+
+
+@dataclass
+class ArkModelConfig:
+    """Whisper-style encoder -> LayerNorm -> frame merge -> MLP adapter -> causal LM."""
+
+    encoder: str = "openai/whisper-large-v3"
+    """Whisper checkpoint whose encoder initialises ours (bundled:tiny.en, a local dir or a hub id)."""
+    encoder_init: Literal["pretrained", "random"] = "pretrained"
+    """Load the encoder's weights, or only its architecture (tests, meta-device counts)."""
+    drop_final_layernorm: bool = True
+    """Drop the Whisper encoder's final LayerNorm (the authors do)."""
+    merge: int = 4
+    """Frames merged into one audio token (50 -> 12.5 tokens/s)."""
+    llm: str = "Qwen/Qwen3-0.6B"
+    """Causal LM checkpoint (local dir or hub id), or 'config' to build it from llm_config."""
+    llm_config: dict[str, Any] = field(default_factory=dict)
+    """Qwen3Config fields when llm='config' (vocab_size is set from the tokenizer)."""
+    tokenizer: Literal["llm", "whisper", "qwen3"] = "llm"
+    """Text tokenizer: the LLM checkpoint's, the encoder's Whisper tokenizer, or the offline Qwen3 tokenizer."""
+    transcript_prefix: str = ""
+    """Text put before a transcript when tokenised (' ' matches Whisper's space-prefixed tokens)."""
+    instruction: str = "Please transcribe this audio."
+    """The user-turn instruction after the audio."""
+    freeze_encoder: bool = False
+    """Keep the audio encoder frozen."""
+    freeze_adapter: bool = False
+    """Keep the adapter (and its LayerNorm) frozen."""
+    lora_rank: int = 0
+    """LoRA rank on the LLM's attention and MLP projections (0: full fine-tuning)."""
+    lora_alpha: int = 32
+    """LoRA alpha."""
+    init_from: Optional[str] = None
+    """A saved student directory (or a run directory's 'student/') to start from: the previous stage."""
+
+    def __post_init__(self) -> None:
+        if self.merge < 1:
+            raise ValueError("merge must be >= 1")
+        if self.llm == "config" and not self.llm_config:
+            raise ValueError("llm_config: needed when llm='config'")
+
+
+@dataclass
+class OPDConfig:
+    """On-policy distillation (papers.md sec. 1.4)."""
+
+    top_k: int = 32
+    """k for the student's S_t and the teacher's K_t."""
+    tau: float = 1.0
+    """Temperature of the KL."""
+    support: Literal["union", "teacher", "student"] = "union"
+    """Candidate set: S ∪ K, K or S."""
+    direction: Literal["forward", "reverse", "jsd"] = "forward"
+    """KL direction (forward = KL(teacher || student))."""
+    jsd_beta: float = 0.5
+    """Mixture weight of the JSD."""
+    teacher_values: Literal["logprob", "raw_logit_topk"] = "logprob"
+    """Teacher log-probs on all of U, or the released code's mix: raw logits on K, log-probs on S \\ K."""
+    rollout: Literal["greedy", "sample"] = "greedy"
+    """How the student rolls out."""
+    temperature: float = 1.0
+    """Sampling temperature (rollout=sample)."""
+    max_new_tokens: int = 64
+    """Rollout length limit."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.tau <= 0 or self.max_new_tokens < 1:
+            raise ValueError("need top_k >= 1, tau > 0, max_new_tokens >= 1")
+
+
+@dataclass
+class ArkConfig:
+    """One Ark-ASR stage: sft, td or opd."""
+
+    run_dir: str
+    """Run directory."""
+    stage: Literal["sft", "td", "opd"]
+    """sft: CE on references; td: CE on teacher transcripts (teacher cache); opd: on-policy distillation."""
+    method: Literal["ark_asr"] = "ark_asr"
+    """Selects this schema in `asr-distill fit`."""
+    model: ArkModelConfig = field(default_factory=ArkModelConfig)
+    """The student."""
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(kind="qwen3_asr", name_or_path="Qwen/Qwen3-ASR-1.7B-hf"))
+    """The frozen teacher (opd)."""
+    teacher_cache: Optional[str] = None
+    """Teacher cache with transcripts (td)."""
+    td_max_wer: Optional[float] = None
+    """td: keep only teacher transcripts with normalised WER <= this (None: keep all)."""
+    opd: OPDConfig = field(default_factory=OPDConfig)
+    """OPD options."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_duration=30.0))
+    """Manifests and batching."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.005, warmup_steps=1000, schedule="cosine"))
+    """Optimizer (released launcher defaults)."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Trainer."""
+    decoding: DecodeConfig = field(default_factory=lambda: DecodeConfig(max_new_tokens=256))
+    """Validation / test decoding (greedy)."""
+
+    def __post_init__(self) -> None:
+        if self.stage == "td" and not self.teacher_cache:
+            raise ValueError("teacher_cache: stage td trains on teacher transcripts from a teacher cache")

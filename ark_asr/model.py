@@ -1,0 +1,385 @@
+"""The Ark-ASR student: Whisper-style encoder -> LayerNorm -> merge m frames -> MLP adapter -> causal LM.
+
+Prompt (audio embeddings replace the <|audio|> placeholders)::
+
+    <|user|><|begin_of_audio|><|audio|> x N<|end_of_audio|>{instruction}<|assistant|>{transcript}<|im_end|>
+
+Audio is not padded to Whisper's 30 s window: features are padded to the batch's longest utterance and the
+encoder's positional table is sliced, so an utterance of F feature frames gives ceil(F / 2) // m audio tokens.
+Teacher forcing uses right padding (positions unchanged); generation uses left padding with HF ``generate``
+(KV cache), control tokens blocked except the stop token, and the student's top-k ids recorded at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ark_asr.config import ArkModelConfig
+from common.audio import TARGET_SR, as_numpy as _as_numpy
+
+ARK_SPECIALS = ["<|user|>", "<|begin_of_audio|>", "<|audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"]
+STOP = "<|im_end|>"
+
+# Architectures for offline (meta-device) construction at paper scale; the real weights come from the hub.
+PRESETS: dict[str, dict[str, Any]] = {
+    "whisper-large-v3": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                             decoder_layers=2, decoder_attention_heads=20, decoder_ffn_dim=5120, num_mel_bins=128,
+                             vocab_size=51866),
+    "qwen3-0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                       intermediate_size=3072, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                       max_position_embeddings=40960, rope_theta=1000000.0),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+class AudioEncoder(nn.Module):
+    """The modules of a HF ``WhisperEncoder`` run on variable-length features (no 30 s padding)."""
+
+    def __init__(self, whisper_encoder: nn.Module, drop_final_layernorm: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = whisper_encoder.conv1, whisper_encoder.conv2
+        self.embed_positions = whisper_encoder.embed_positions
+        self.layers = whisper_encoder.layers
+        self.layer_norm = nn.Identity() if drop_final_layernorm else whisper_encoder.layer_norm
+        self.d_model = whisper_encoder.config.d_model
+        self.max_frames = whisper_encoder.config.max_source_positions
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, n_mels, F) -> (B, ceil(F/2), d)
+        x = nn.functional.gelu(self.conv1(feats))
+        x = nn.functional.gelu(self.conv2(x)).transpose(1, 2)  # (B, T, d)
+        if x.shape[1] > self.max_frames:
+            raise ValueError(f"audio of {x.shape[1]} encoder frames exceeds the encoder's {self.max_frames} (30 s)")
+        x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, attention_mask=None)
+            x = x[0] if isinstance(x, tuple) else x
+        return self.layer_norm(x)
+
+
+def build_tokenizer(cfg: ArkModelConfig):
+    """The text tokenizer plus the Ark special tokens (added only where missing)."""
+    if cfg.tokenizer == "whisper":
+        from transformers import WhisperTokenizer
+
+        from common.whisper import resolve_whisper_path
+
+        tok = WhisperTokenizer.from_pretrained(resolve_whisper_path(cfg.encoder))
+    elif cfg.tokenizer == "qwen3":
+        from common.teachers.qwen3 import load_qwen3_tokenizer
+
+        tok = load_qwen3_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.llm)
+    missing = [t for t in ARK_SPECIALS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tok.pad_token is None:
+        tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else STOP
+    return tok
+
+
+def _whisper_encoder(cfg: ArkModelConfig):
+    """(HF WhisperEncoder, WhisperFeatureExtractor) from a checkpoint or a preset."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    if cfg.encoder.startswith("preset:"):
+        wcfg = WhisperConfig(**PRESETS[cfg.encoder[len("preset:"):]])
+        return WhisperForConditionalGeneration(wcfg).model.encoder, WhisperFeatureExtractor(feature_size=wcfg.num_mel_bins)
+    from common.whisper import load_whisper, resolve_whisper_path
+
+    if cfg.encoder_init == "random":
+        wcfg = WhisperConfig.from_pretrained(resolve_whisper_path(cfg.encoder))
+        return WhisperForConditionalGeneration(wcfg).model.encoder, WhisperFeatureExtractor(feature_size=wcfg.num_mel_bins)
+    model, proc = load_whisper(cfg.encoder)
+    return model.model.encoder.train(), proc.feature_extractor
+
+
+def _llm(cfg: ArkModelConfig, vocab_size: int):
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    if cfg.llm == "config" or cfg.llm.startswith("preset:"):
+        fields = dict(cfg.llm_config) if cfg.llm == "config" else dict(PRESETS[cfg.llm[len("preset:"):]])
+        fields["vocab_size"] = max(fields.get("vocab_size", 0), vocab_size)
+        return Qwen3ForCausalLM(Qwen3Config(**fields))
+    llm = AutoModelForCausalLM.from_pretrained(cfg.llm)
+    if llm.get_input_embeddings().num_embeddings < vocab_size:
+        llm.resize_token_embeddings(vocab_size)
+    return llm
+
+
+class _RecordTopK:
+    """A logits processor that records the top-k ids of the processed scores at every step (no copy of V)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.steps = k, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(scores.topk(self.k, dim=-1).indices)
+        return scores
+
+
+class _BlockTokens:
+    """Blocks the given ids (every control token but the stop token)."""
+
+    def __init__(self, banned: torch.Tensor) -> None:
+        self.banned = banned
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self.banned.to(scores.device)] = float("-inf")
+        return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# The student
+# ----------------------------------------------------------------------------------------------
+class ArkStudent(nn.Module):
+    def __init__(self, cfg: ArkModelConfig, tokenizer, encoder: nn.Module, feature_extractor, llm: nn.Module) -> None:
+        super().__init__()
+        self.cfg, self.tokenizer, self.feature_extractor = cfg, tokenizer, feature_extractor
+        self.encoder = AudioEncoder(encoder, cfg.drop_final_layernorm)
+        d_enc, d_llm = self.encoder.d_model, llm.config.hidden_size
+        self.norm = nn.LayerNorm(d_enc)
+        self.adapter = nn.Sequential(nn.Linear(cfg.merge * d_enc, 2 * d_llm), nn.GELU(), nn.Linear(2 * d_llm, d_llm))
+        self.llm = llm
+        ids = tokenizer.convert_tokens_to_ids
+        self.audio_id, self.stop_id, self.pad_id = ids("<|audio|>"), ids(STOP), tokenizer.pad_token_id
+        self.n_mels = feature_extractor.feature_size
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        if cfg.freeze_adapter:
+            self.norm.requires_grad_(False)
+            self.adapter.requires_grad_(False)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def features(self, audios: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Log-mel features padded to the longest utterance (rounded up to 2*merge frames) + frame counts."""
+        f = self.feature_extractor(_as_numpy(audios), sampling_rate=TARGET_SR, padding="longest", return_attention_mask=True,
+                                   return_tensors="pt")
+        feats, lens = f["input_features"], f["attention_mask"].sum(-1)
+        mult = 2 * self.cfg.merge
+        pad = (-feats.shape[-1]) % mult
+        if pad:
+            feats = nn.functional.pad(feats, (0, pad), value=float(feats.min()))
+        return {"input_features": feats, "feature_lens": lens}
+
+    def n_audio_tokens(self, feature_lens: torch.Tensor) -> list[int]:
+        return [max(1, math.ceil(int(f) / 2) // self.cfg.merge) for f in feature_lens]
+
+    def prompt_ids(self, n_audio: int) -> list[int]:
+        text = ("<|user|><|begin_of_audio|>" + "<|audio|>" * n_audio + "<|end_of_audio|>" + self.cfg.instruction + "<|assistant|>")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Transcript ids ending with the stop token."""
+        return self.tokenizer.encode(self.cfg.transcript_prefix + text.strip(), add_special_tokens=False) + [self.stop_id]
+
+    def audio_embeds(self, feats: torch.Tensor, n_tokens: Sequence[int]) -> torch.Tensor:
+        """Concatenated adapted audio embeddings of the batch, row after row: (sum n_tokens, d_llm)."""
+        p = next(self.adapter.parameters())
+        h = self.norm(self.encoder(feats.to(p.device, p.dtype)))  # (B, T, d_enc)
+        B, T, d = h.shape
+        m = self.cfg.merge
+        h = h[:, : T // m * m].reshape(B, T // m, m * d)  # (B, T/m, m*d)
+        a = self.adapter(h)  # (B, T/m, d_llm)
+        return torch.cat([a[i, :n] for i, n in enumerate(n_tokens)])
+
+    def _embeds(self, ids: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        emb = self.llm.get_input_embeddings()(ids)
+        mask = (ids == self.audio_id).unsqueeze(-1)
+        if int(mask.sum()) != audio.shape[0]:
+            raise ValueError(f"{int(mask.sum())} audio placeholders for {audio.shape[0]} audio embeddings")
+        return emb.masked_scatter(mask, audio.to(emb.dtype))
+
+    # -- teacher forcing ------------------------------------------------------------------------
+    def forward_hidden(self, feats: torch.Tensor, feature_lens: torch.Tensor, targets: Sequence[Sequence[int]]):
+        """Final hidden states at the positions that predict each target token.
+
+        Returns hidden (B, T, d_llm), target ids (B, T) and mask (B, T) (right padding, prompt + target[:-1]).
+        """
+        dev = next(self.llm.parameters()).device
+        n_tok = self.n_audio_tokens(feature_lens)
+        prompts = [self.prompt_ids(n) for n in n_tok]
+        rows = [p + list(t)[:-1] for p, t in zip(prompts, targets)]
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], att[i, : len(r)] = torch.tensor(r), 1
+        ids, att = ids.to(dev), att.to(dev)
+        out = self.llm.model(inputs_embeds=self._embeds(ids, self.audio_embeds(feats, n_tok)), attention_mask=att)
+        T = max(len(t) for t in targets)
+        tgt = torch.full((len(rows), T), self.pad_id, dtype=torch.long, device=dev)
+        mask = torch.zeros((len(rows), T), dtype=torch.bool, device=dev)
+        for i, t in enumerate(targets):
+            tgt[i, : len(t)], mask[i, : len(t)] = torch.tensor(list(t), device=dev), True
+        start = torch.tensor([len(p) - 1 for p in prompts], device=dev)
+        pos = (start[:, None] + torch.arange(T, device=dev)[None]).clamp(max=L - 1)
+        h = out.last_hidden_state
+        return h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])), tgt, mask
+
+    def lm_head(self) -> nn.Linear:
+        return self.llm.get_output_embeddings()
+
+    def logits_at(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Student logits only at candidate ids: hidden (B, T, d), ids (B, T, U) (>= 0) -> (B, T, U)."""
+        head = self.lm_head()
+        w = head.weight[ids]  # (B, T, U, d)
+        z = torch.einsum("btd,btud->btu", hidden.to(w.dtype), w)
+        if getattr(head, "bias", None) is not None:
+            z = z + head.bias[ids]
+        return z
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, feats: torch.Tensor, feature_lens: torch.Tensor, max_new_tokens: int = 256, do_sample: bool = False,
+                 temperature: float = 1.0, record_topk: int = 0) -> dict[str, Any]:
+        """Batched KV-cached decoding from left-padded prompts. Returns ``ids`` (lists without the stop token),
+        ``stopped`` (bools) and, with ``record_topk``, ``topk`` ((steps, k) long per row, the chosen id included)."""
+        from transformers import LogitsProcessorList
+
+        dev = next(self.llm.parameters()).device
+        n_tok = self.n_audio_tokens(feature_lens)
+        prompts = [self.prompt_ids(n) for n in n_tok]
+        L = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), L), self.pad_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
+        ids, att = ids.to(dev), att.to(dev)
+        emb = self._embeds(ids, self.audio_embeds(feats, n_tok))
+        banned = torch.tensor(sorted(set(self.tokenizer.all_special_ids) - {self.stop_id}), dtype=torch.long)
+        procs = [_BlockTokens(banned)]
+        rec = _RecordTopK(record_topk) if record_topk else None
+        if rec:
+            procs.append(rec)
+        out = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                temperature=temperature if do_sample else None, top_k=None, top_p=None,
+                                eos_token_id=self.stop_id, pad_token_id=self.pad_id, logits_processor=LogitsProcessorList(procs))
+        seqs = out.tolist()
+        res: dict[str, Any] = {"ids": [], "stopped": []}
+        for s in seqs:
+            stopped = self.stop_id in s
+            res["ids"].append(s[: s.index(self.stop_id)] if stopped else s)
+            res["stopped"].append(stopped)
+        if rec:
+            steps = torch.stack(rec.steps, 1) if rec.steps else torch.zeros(len(seqs), 0, record_topk, dtype=torch.long)
+            chosen = out[:, : steps.shape[1]].to(steps.device)
+            have = (steps == chosen[..., None]).any(-1)  # sampled tokens can fall outside the top-k: put them in
+            steps[..., -1] = torch.where(have, steps[..., -1], chosen)
+            res["topk"] = [steps[i, : len(r) + int(st)] for i, (r, st) in enumerate(zip(res["ids"], res["stopped"]))]
+        return res
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, out: str | Path) -> Path:
+        """``ark_config.json``, ``model.safetensors`` (LoRA merged) and the tokenizer/feature-extractor files."""
+        from safetensors.torch import save_file
+
+        from common.io import atomic_write_json
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        llm = self.llm
+        if hasattr(llm, "merge_and_unload"):  # peft: save plain weights
+            import copy
+
+            llm = copy.deepcopy(llm).merge_and_unload()
+        sd = {**{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
+              **{f"norm.{k}": v for k, v in self.norm.state_dict().items()},
+              **{f"adapter.{k}": v for k, v in self.adapter.state_dict().items()},
+              **{f"llm.{k}": v for k, v in llm.state_dict().items()}}
+        sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+        if "llm.lm_head.weight" in sd and llm.config.tie_word_embeddings:
+            sd.pop("llm.lm_head.weight")
+        save_file(sd, str(out / "model.safetensors"))
+        self.tokenizer.save_pretrained(out)
+        self.feature_extractor.save_pretrained(out)
+        enc_cfg = self._encoder_config.to_dict()
+        atomic_write_json(out / "ark_config.json", {"model": asdict(self.cfg), "encoder_config": enc_cfg,
+                                                    "llm_config": llm.config.to_dict()})
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ArkStudent":
+        from safetensors.torch import load_file
+        from transformers import AutoFeatureExtractor, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        from common.config import from_dict
+
+        path = Path(path)
+        meta = json.loads((path / "ark_config.json").read_text())
+        cfg = from_dict(ArkModelConfig, {**meta["model"], "lora_rank": 0, "init_from": None})
+        # built for real (not on meta): non-persistent buffers such as RoPE frequencies are computed at init
+        enc = WhisperEncoder(WhisperConfig.from_dict(meta["encoder_config"]))
+        llm = Qwen3ForCausalLM(Qwen3Config.from_dict(meta["llm_config"]))
+        tok = AutoTokenizer.from_pretrained(path)
+        fe = AutoFeatureExtractor.from_pretrained(path)
+        student = cls(cfg, tok, enc, fe, llm)
+        student._encoder_config = WhisperConfig.from_dict(meta["encoder_config"])
+        sd = load_file(str(path / "model.safetensors"))
+        missing, unexpected = student.load_state_dict(sd, strict=False)
+        missing = [m for m in missing if m != "llm.lm_head.weight"]
+        if missing or unexpected:
+            raise RuntimeError(f"{path}: checkpoint mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+        student.llm.tie_weights()
+        return student.to(device=device, dtype=dtype)
+
+
+def build_student(cfg: ArkModelConfig, device: str | torch.device = "cpu") -> ArkStudent:
+    """A student from config (``cfg.init_from``: load a saved student instead, e.g. the previous stage's)."""
+    if cfg.init_from:
+        src = Path(cfg.init_from)
+        src = src / "student" if (src / "student" / "ark_config.json").is_file() else src
+        student = ArkStudent.from_pretrained(src, device=device)
+        student.cfg = cfg  # this stage's freezing / LoRA choices apply
+        student.encoder.requires_grad_(not cfg.freeze_encoder)
+        for m in (student.norm, student.adapter):
+            m.requires_grad_(not cfg.freeze_adapter)
+    else:
+        tok = build_tokenizer(cfg)
+        with torch.device(device):
+            enc, fe = _whisper_encoder(cfg)
+            llm = _llm(cfg, len(tok))
+        student = ArkStudent(cfg, tok, enc, fe, llm)
+        student._encoder_config = enc.config
+    if cfg.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        student.llm = get_peft_model(student.llm, lcfg)
+    return student
+
+
+class ArkTranscriber:
+    """``common.evaluate.Transcriber`` for a saved Ark student."""
+
+    def __init__(self, student: ArkStudent, name: str = "ark") -> None:
+        self.student, self.name = student, name
+
+    @classmethod
+    def from_dir(cls, path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "ArkTranscriber":
+        return cls(ArkStudent.from_pretrained(path, device, dtype).eval(), name=str(path))
+
+    def collate(self, audios, texts, languages) -> dict[str, Any]:
+        return self.student.features(audios)
+
+    @torch.no_grad()
+    def transcribe(self, batch: dict[str, Any], decoding) -> list[str]:
+        out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=decoding.max_new_tokens)
+        return [self.student.decode(ids) for ids in out["ids"]]

@@ -1,0 +1,138 @@
+"""Ark-ASR LightningModule: ``stage`` sft | td | opd.
+
+sft, td: next-token CE on the assistant turn including the stop token (td: on teacher transcripts).
+opd (one step, papers.md sec. 1.4): student rollout (no grad) -> text (empty -> reference, counted) -> teacher
+scores the re-tokenised text teacher-forced -> student re-scores the same tokens with grad -> union top-k KL on
+U_t = S_t ∪ K_t, student logits taken only at U_t. The teacher is frozen and never part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+from ark_asr.config import ArkConfig
+from ark_asr.model import ArkStudent
+from common.losses import build_candidates, cross_entropy, union_topk_kl
+from common.metrics import ErrorRate
+from common.teachers.base import gather_logprobs
+from common.train import configure_optim
+
+
+class ArkCollator:
+    """Audio -> the student's features; texts/languages pass through (targets are built in the step)."""
+
+    def __init__(self, student: ArkStudent) -> None:
+        self.student = student
+
+    def __call__(self, audios, texts, languages) -> dict[str, Any]:
+        batch = self.student.features(audios)
+        batch["audios"] = audios  # the teacher computes its own features from the waveforms (opd)
+        return batch
+
+
+class ArkModule(L.LightningModule):
+    def __init__(self, cfg: ArkConfig, student: ArkStudent, teacher=None, token_map=None, dev_names: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.cfg, self.student = cfg, student
+        object.__setattr__(self, "teacher", teacher)  # frozen, not a submodule: never in state_dict or optimizer
+        self.token_map = token_map
+        self.dev_names = list(dev_names)
+        self.val_metrics = torch.nn.ModuleList([ErrorRate() for _ in self.dev_names])
+        if cfg.stage == "opd" and (teacher is None or token_map is None):
+            raise ValueError("stage opd needs a teacher and a token map")
+
+    # -- stages ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
+        if not batch["ids"]:
+            return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
+        if self.cfg.stage in ("sft", "td"):
+            loss, logs = self.ce_step(batch)
+        else:
+            loss, logs = self.opd_step(batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=len(batch["ids"]), sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def ce_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        targets = [self.student.encode_text(t) for t in batch["texts"]]
+        hidden, tgt, mask = self.student.forward_hidden(batch["input_features"], batch["feature_lens"], targets)
+        logits = self.student.lm_head()(hidden[mask])  # (N, V) only at transcript positions
+        loss = cross_entropy(logits[None], tgt[mask][None])
+        return loss, {"ce": loss, "target_tokens": mask.sum().float()}
+
+    def opd_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        o, s, tm = self.cfg.opd, self.student, self.token_map
+        # 1-2. rollout without grad; empty rollouts fall back to the reference
+        roll = s.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=o.max_new_tokens,
+                          do_sample=o.rollout == "sample", temperature=o.temperature)
+        texts = [s.decode(ids) for ids in roll["ids"]]
+        empty = [not t for t in texts]
+        texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
+        # 3. teacher scores the text teacher-forced, in its own tokenisation
+        t_targets = [self.teacher.encode_text(t, lang) for t, lang in zip(texts, batch["languages"])]
+        t_batch = self.teacher.prepare(batch["audios"], batch["languages"])
+        sc = self.teacher.score(t_batch, t_targets, top_k=o.top_k)
+        # 4. the same tokens in the student vocabulary; a token without counterpart ends the usable prefix
+        s_targets, n_cut = [], 0
+        for t in t_targets:
+            mapped = tm.to_student(torch.tensor(t)).tolist()
+            cut = mapped.index(-1) if -1 in mapped else len(mapped)
+            n_cut += int(cut < len(mapped))
+            s_targets.append(mapped[: max(cut, 1)] if cut else [s.stop_id])
+        for ids, text in zip(roll["ids"], texts):
+            tm.retokenize(ids, text)
+        # 5. student re-scores with grad
+        hidden, tgt, mask = s.forward_hidden(batch["input_features"], batch["feature_lens"], s_targets)
+        T = tgt.shape[1]
+        mask = mask & sc.mask[:, :T].to(mask.device)
+        with torch.no_grad():  # S_t: the student's top-k at each position, the actual next token included
+            S = torch.stack([s.lm_head()(hidden[:, t].detach()).topk(o.top_k, -1).indices for t in range(T)], 1)
+            has = (S == tgt[..., None]).any(-1)
+            S[..., -1] = torch.where(has, S[..., -1], tgt)
+        K = tm.to_student(sc.topk_ids[:, :T].to(mask.device))  # (B, T, k), -1 where unmapped
+        U = build_candidates(S, K, o.support)  # (B, T, |U|), -1 padded
+        cand = U >= 0
+        u_teacher = tm.to_teacher(U)
+        lpT = gather_logprobs(sc.hidden[:, :T], sc.lm_head, sc.lse[:, :T], u_teacher.clamp(min=0).to(sc.hidden.device))
+        lpT = lpT.to(mask.device)  # (B, T, |U|) teacher log-probs at the candidates
+        lpT = torch.where(cand & (u_teacher >= 0), lpT, torch.full_like(lpT, float("-inf")))
+        if o.teacher_values == "raw_logit_topk":  # the released code: raw logits on K, log-probs on S \ K
+            inK = (U[..., None] == K[..., None, :]).any(-1) & cand
+            lpT = torch.where(inK, lpT + sc.lse[:, :T, None].to(lpT.device), lpT)
+        zS = s.logits_at(hidden, U.clamp(min=0))  # (B, T, |U|) student logits only at the candidates
+        loss = union_topk_kl(zS, lpT, cand, mask, o.tau, o.direction, o.jsd_beta)
+        logs = self.opd_diagnostics(S, K, cand & torch.isfinite(lpT), mask, sc, T)
+        logs.update(opd_loss=loss, rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
+                    empty_rollouts=float(sum(empty)), stopped_ratio=float(sum(roll["stopped"])) / len(texts),
+                    retok_mismatch=tm.stats.mismatch_rate, unmapped_cut=float(n_cut))
+        return loss, logs
+
+    @torch.no_grad()
+    def opd_diagnostics(self, S, K, finite_cand, mask, sc, T) -> dict[str, torch.Tensor]:
+        """VUSS = mean |{v in S ∪ K with a finite teacher value}|; overlap |S ∩ K| / k; teacher mass on S ∩ K."""
+        m = mask.float()
+        n = m.sum().clamp(min=1)
+        vuss = (finite_cand.sum(-1).float() * m).sum() / n
+        inter = (S[..., :, None] == K[..., None, :]) & (K[..., None, :] >= 0)  # (B, T, kS, kK)
+        in_k = inter.any(-2)  # teacher entries that the student also has
+        overlap = (in_k.sum(-1).float() * m).sum() / n / self.cfg.opd.top_k
+        mass = ((sc.topk_logprobs[:, :T].to(m.device).exp() * in_k).sum(-1) * m).sum() / n
+        return {"vuss": vuss, "overlap_ratio": overlap, "teacher_mass_overlap": mass}
+
+    # -- validation -----------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not batch["ids"]:
+            return
+        out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens)
+        self.val_metrics[dataloader_idx].update([self.student.decode(i) for i in out["ids"]], batch["texts"], batch["languages"])
+
+    def on_validation_epoch_end(self) -> None:
+        for name, m in zip(self.dev_names, self.val_metrics):
+            self.log(f"val/{name}/error_rate", m.compute()["error_rate"].float())
+            m.reset()
+
+    def configure_optimizers(self):
+        return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

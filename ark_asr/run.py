@@ -1,0 +1,40 @@
+"""``asr-distill fit`` for an Ark-ASR stage (sft | td | opd); the trained student is saved to RUN_DIR/student/,
+which the next stage names as ``model.init_from``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ark_asr.config import ArkConfig
+from ark_asr.model import ArkTranscriber, build_student
+from ark_asr.module import ArkCollator, ArkModule
+from common.data.datamodule import AudioDataModule
+from common.train import run_fit
+
+
+def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dict[str, Any]]:
+    from common.teachers import build_teacher
+    from common.teachers.cache import TeacherCache, relabel_with_teacher
+    from common.teachers.token_map import TokenMap
+
+    student = build_student(cfg.model)
+    collate = ArkCollator(student)
+    dm = AudioDataModule(cfg.data, collate, collate)
+    dm.setup("fit")
+    info: dict[str, Any] = {}
+    if cfg.stage == "td":
+        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(dm.train_cuts, TeacherCache(cfg.teacher_cache), cfg.td_max_wer)
+    token_map = None
+    if cfg.stage == "opd":
+        teacher = teacher or build_teacher(cfg.teacher)
+        token_map = TokenMap(teacher.tokenizer, student.tokenizer, extra={teacher.stop_id: student.stop_id})
+        info["token_map_teacher_coverage"] = round(token_map.teacher_coverage, 4)
+    return ArkModule(cfg, student, teacher, token_map, dev_names=tuple(dm.dev_names)), dm, info
+
+
+def fit(cfg: ArkConfig, resume: bool = False, overwrite: bool = False, teacher=None,
+        stop_after_steps: Optional[int] = None) -> dict[str, Any]:
+    return run_fit(cfg, lambda: build(cfg, teacher), lambda m: ArkTranscriber(m.student, name=f"ark-{cfg.stage}"),
+                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
+                   on_trained=lambda m, run_dir: m.student.save_pretrained(Path(run_dir) / "student"))
