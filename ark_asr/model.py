@@ -234,12 +234,10 @@ class ArkStudent(nn.Module):
 
     def logits_at(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Student logits only at candidate ids: hidden (B, T, d), ids (B, T, U) (>= 0) -> (B, T, U)."""
+        from common.losses import logits_at
+
         head = self.lm_head()
-        w = head.weight[ids]  # (B, T, U, d)
-        z = torch.einsum("btd,btud->btu", hidden.to(w.dtype), w)
-        if getattr(head, "bias", None) is not None:
-            z = z + head.bias[ids]
-        return z
+        return logits_at(hidden.to(head.weight.dtype), head.weight, ids, getattr(head, "bias", None))
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()

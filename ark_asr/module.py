@@ -8,6 +8,7 @@ U_t = S_t ∪ K_t, student logits taken only at U_t. The teacher is frozen and n
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import lightning as L
@@ -65,12 +66,14 @@ class ArkModule(L.LightningModule):
 
     def opd_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         o, s, tm = self.cfg.opd, self.student, self.token_map
+        t0 = time.perf_counter()
         # 1-2. rollout without grad; empty rollouts fall back to the reference
         roll = s.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=o.max_new_tokens,
                           do_sample=o.rollout == "sample", temperature=o.temperature)
         texts = [s.decode(ids) for ids in roll["ids"]]
         empty = [not t for t in texts]
         texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
+        t1 = time.perf_counter()
         # 3. teacher scores the text teacher-forced, in its own tokenisation
         t_targets = [self.teacher.encode_text(t, lang) for t, lang in zip(texts, batch["languages"])]
         t_batch = self.teacher.prepare(batch["audios"], batch["languages"])
@@ -84,6 +87,7 @@ class ArkModule(L.LightningModule):
             s_targets.append(mapped[: max(cut, 1)] if cut else [s.stop_id])
         for ids, text in zip(roll["ids"], texts):
             tm.retokenize(ids, text)
+        t2 = time.perf_counter()
         # 5. student re-scores with grad
         hidden, tgt, mask = s.forward_hidden(batch["input_features"], batch["feature_lens"], s_targets)
         T = tgt.shape[1]
@@ -105,6 +109,7 @@ class ArkModule(L.LightningModule):
         zS = s.logits_at(hidden, U.clamp(min=0))  # (B, T, |U|) student logits only at the candidates
         loss = union_topk_kl(zS, lpT, cand, mask, o.tau, o.direction, o.jsd_beta)
         logs = self.opd_diagnostics(S, K, cand & torch.isfinite(lpT), mask, sc, T)
+        logs.update(time_rollout=t1 - t0, time_teacher=t2 - t1, time_rescore_loss=time.perf_counter() - t2)
         logs.update(opd_loss=loss, rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
                     empty_rollouts=float(sum(empty)), stopped_ratio=float(sum(roll["stopped"])) / len(texts),
                     retok_mismatch=tm.stats.mismatch_rate, unmapped_cut=float(n_cut))

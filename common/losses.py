@@ -124,6 +124,46 @@ def union_topk_kl(
     return _token_mean(per * tau**2, keep)
 
 
+class _CandidateLogits(torch.autograd.Function):
+    """z[n, u] = <h[n], W[ids[n, u]]>, chunked over rows; backward recomputes the gathered rows chunk by chunk,
+    so no (N, U, d) tensor is kept between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk: int) -> torch.Tensor:
+        z = h.new_empty(ids.shape)
+        for s in range(0, h.shape[0], chunk):
+            z[s : s + chunk] = torch.einsum("nd,nud->nu", h[s : s + chunk], weight[ids[s : s + chunk]].to(h.dtype))
+        ctx.save_for_backward(h, weight, ids)
+        ctx.chunk = chunk
+        return z
+
+    @staticmethod
+    def backward(ctx, gz: torch.Tensor):
+        h, weight, ids = ctx.saved_tensors
+        gh = torch.zeros_like(h) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for s in range(0, h.shape[0], ctx.chunk):
+            g, i = gz[s : s + ctx.chunk], ids[s : s + ctx.chunk]
+            if gh is not None:
+                gh[s : s + ctx.chunk] = torch.einsum("nu,nud->nd", g, weight[i].to(g.dtype))
+            if gw is not None:
+                rows = (g[..., None] * h[s : s + ctx.chunk, None, :]).reshape(-1, h.shape[-1])
+                gw.index_add_(0, i.reshape(-1), rows.to(gw.dtype))
+        return gh, gw, None, None
+
+
+def logits_at(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bias: Optional[torch.Tensor] = None,
+              chunk: int = 64) -> torch.Tensor:
+    """Student logits only at candidate ids, never over the vocabulary.
+
+    hidden (B, T, d), LM-head weight (V, d), ids (B, T, U) with ids >= 0 -> (B, T, U):
+    z[b, t, u] = hidden[b, t] . weight[ids[b, t, u]] (+ bias[ids]). Memory O(chunk * U * d) beyond the inputs.
+    """
+    B, T, U = ids.shape
+    z = _CandidateLogits.apply(hidden.reshape(B * T, -1), weight, ids.reshape(B * T, U), chunk).reshape(B, T, U)
+    return z + bias[ids] if bias is not None else z
+
+
 def build_candidates(student_topk: torch.Tensor, teacher_topk: torch.Tensor, support: Support = "union") -> torch.Tensor:
     """Candidate ids U_t per position: union S_t ∪ K_t (deduplicated), K_t alone, or S_t alone.
 

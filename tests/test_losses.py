@@ -112,3 +112,20 @@ def test_bf16_inputs_finite():
     out = union_topk_kl(zs.detach().bfloat16().requires_grad_(True), lt.bfloat16(), cm, mask)
     assert torch.isfinite(out)
     assert torch.isfinite(kd_kl(zs.bfloat16(), lt.bfloat16(), mask))
+
+
+def test_logits_at_matches_gather_and_gradients():
+    from common.losses import logits_at
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    ids = torch.randint(0, 30, (2, 5, 4))
+    z = logits_at(h, w, ids, chunk=3)
+    ref = torch.einsum("btd,btud->btu", h, w[ids])
+    torch.testing.assert_close(z, ref)
+    g = torch.randn_like(z)
+    gh, gw = torch.autograd.grad((z * g).sum(), (h, w))
+    rh, rw = torch.autograd.grad((ref * g).sum(), (h, w))
+    torch.testing.assert_close(gh, rh)
+    torch.testing.assert_close(gw, rw)
