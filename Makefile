@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	PYTHONPATH=. $(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -1,0 +1,91 @@
+"""Teacher/student latency ratio and real-time factor of ASKD-Whisper students (papers.md sec. 2.5).
+
+Batch 1, greedy, exactly N generated tokens (min_new_tokens = max_new_tokens = N), same device and dtype, one
+process, alternating runs, medians. Latency = encoder pass + N decoding steps. The student's encoder is the
+teacher's (copied, frozen), so the encoder is timed once per repeat and counted for both.
+  (a) the bundled real Whisper tiny.en (4 decoder layers) vs its 2-layer student, on a real clip
+  (b) Whisper large-v3 dimensions (32 decoder layers, random weights) vs its 2-layer student, on 30 s of input
+Usage: python bench/latency.py [--tokens 32] [--repeats 3] [--skip-large] [--device cpu] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def _time(fn, repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+@torch.no_grad()
+def measure(teacher, student, feats: torch.Tensor, n_tokens: int, repeats: int) -> dict[str, float]:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    enc = teacher.model.encoder(feats).last_hidden_state
+    kw = dict(min_new_tokens=n_tokens, max_new_tokens=n_tokens, do_sample=False, num_beams=1)
+    gen = lambda m: m.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), **kw)  # noqa: E731
+    gen(teacher), gen(student)  # warm-up
+    t_enc = _time(lambda: teacher.model.encoder(feats), repeats)
+    d_t, d_s = [], []
+    for _ in range(repeats):  # alternate so drifts in machine load hit both
+        d_t.append(_time(lambda: gen(teacher), 1))
+        d_s.append(_time(lambda: gen(student), 1))
+    dt, ds = statistics.median(d_t), statistics.median(d_s)
+    return {"encoder": t_enc, "dec_teacher": dt, "dec_student": ds, "teacher": t_enc + dt, "student": t_enc + ds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a = ap.parse_args()
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from askd_whisper.student import build_student
+    from common.whisper import load_whisper
+
+    dtype = getattr(torch, a.dtype)
+    torch.set_grad_enabled(False)
+    rows = []
+    teacher, proc = load_whisper("bundled:tiny.en", device=a.device, dtype=dtype)
+    student = build_student(teacher, 2).eval()
+    import numpy as np
+
+    secs = 10.0
+    audio = (0.1 * np.random.default_rng(0).standard_normal(int(16000 * secs))).astype(np.float32)
+    feats = proc.feature_extractor([audio], sampling_rate=16000, return_tensors="pt").input_features.to(a.device, dtype)
+    rows.append(("tiny.en (real) -> 2 dec. layers", secs, measure(teacher, student, feats, a.tokens, a.repeats)))
+    if not a.skip_large:
+        cfg = WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
+                            encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
+                            decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, bos_token_id=50257)
+        torch.manual_seed(0)
+        big = WhisperForConditionalGeneration(cfg).to(a.device, dtype).eval()
+        big.generation_config.decoder_start_token_id = 50258
+        big.generation_config.eos_token_id = 50257
+        big.generation_config.pad_token_id = 50257
+        small = build_student(big, 2).eval()
+        feats = torch.randn(1, 128, 3000, device=a.device, dtype=dtype)
+        rows.append(("large-v3 dims (random) -> 2 dec. layers", 30.0, measure(big, small, feats, a.tokens, a.repeats)))
+    print(f"latency, batch 1, greedy, {a.tokens} generated tokens, {a.device} {a.dtype}, medians of {a.repeats}")
+    print("| model | encoder s | decode teacher s | decode student s | teacher/student (total) | decode-only ratio | RTF teacher | RTF student |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, secs, r in rows:
+        print(f"| {name} | {r['encoder']:.3f} | {r['dec_teacher']:.3f} | {r['dec_student']:.3f} | {r['teacher'] / r['student']:.2f}x | "
+              f"{r['dec_teacher'] / r['dec_student']:.2f}x | {r['teacher'] / secs:.4f} | {r['student'] / secs:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
