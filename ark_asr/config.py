@@ -19,6 +19,8 @@ class ArkModelConfig:
     """Whisper checkpoint whose encoder initialises ours (bundled:tiny.en, a local dir or a hub id)."""
     encoder_init: Literal["pretrained", "random"] = "pretrained"
     """Load the encoder's weights, or only its architecture (tests, meta-device counts)."""
+    encoder_rope: bool = False
+    """Rotary positions in the encoder's self-attention instead of Whisper's absolute table (the authors' option)."""
     drop_final_layernorm: bool = True
     """Drop the Whisper encoder's final LayerNorm (the authors do)."""
     merge: int = 4

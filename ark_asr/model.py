@@ -42,14 +42,48 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------
+class RotarySelfAttention(nn.Module):
+    """Whisper self-attention with rotary position embeddings on q and k (replaces absolute positions).
+
+    Reuses the wrapped ``WhisperAttention``'s projections, so pretrained weights carry over; RoPE (Su et al. 2021)
+    with the half-split rotation: x' = x * cos + rotate_half(x) * sin, theta_i = base^(-2i/d_head).
+    """
+
+    def __init__(self, attn: nn.Module, base: float = 10000.0) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
+        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
+                             persistent=False)
+
+    @staticmethod
+    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return torch.cat([-b, a], dim=-1)
+
+    def forward(self, hidden_states: torch.Tensor, **_: Any):
+        B, T, _d = hidden_states.shape
+        shape = (B, T, self.num_heads, self.head_dim)
+        q, k, v = (p(hidden_states).view(shape).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        ang = torch.arange(T, device=q.device, dtype=torch.float32)[:, None] * self.inv_freq[None]  # (T, d/2)
+        cos, sin = torch.cat([ang, ang], -1).cos().to(q.dtype), torch.cat([ang, ang], -1).sin().to(q.dtype)
+        q, k = q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin
+        out = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, T, d_head)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), None
+
+
 class AudioEncoder(nn.Module):
     """The modules of a HF ``WhisperEncoder`` run on variable-length features (no 30 s padding)."""
 
-    def __init__(self, whisper_encoder: nn.Module, drop_final_layernorm: bool) -> None:
+    def __init__(self, whisper_encoder: nn.Module, drop_final_layernorm: bool, rope: bool = False) -> None:
         super().__init__()
         self.conv1, self.conv2 = whisper_encoder.conv1, whisper_encoder.conv2
+        self.rope = rope
         self.embed_positions = whisper_encoder.embed_positions
         self.layers = whisper_encoder.layers
+        if rope:
+            for layer in self.layers:
+                layer.self_attn = RotarySelfAttention(layer.self_attn)
         self.layer_norm = nn.Identity() if drop_final_layernorm else whisper_encoder.layer_norm
         self.d_model = whisper_encoder.config.d_model
         self.max_frames = whisper_encoder.config.max_source_positions
@@ -59,7 +93,8 @@ class AudioEncoder(nn.Module):
         x = nn.functional.gelu(self.conv2(x)).transpose(1, 2)  # (B, T, d)
         if x.shape[1] > self.max_frames:
             raise ValueError(f"audio of {x.shape[1]} encoder frames exceeds the encoder's {self.max_frames} (30 s)")
-        x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
+        if not self.rope:
+            x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
         for layer in self.layers:
             x = layer(x, attention_mask=None)
             x = x[0] if isinstance(x, tuple) else x
@@ -148,7 +183,7 @@ class ArkStudent(nn.Module):
     def __init__(self, cfg: ArkModelConfig, tokenizer, encoder: nn.Module, feature_extractor, llm: nn.Module) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.feature_extractor = cfg, tokenizer, feature_extractor
-        self.encoder = AudioEncoder(encoder, cfg.drop_final_layernorm)
+        self.encoder = AudioEncoder(encoder, cfg.drop_final_layernorm, cfg.encoder_rope)
         d_enc, d_llm = self.encoder.d_model, llm.config.hidden_size
         self.norm = nn.LayerNorm(d_enc)
         self.adapter = nn.Sequential(nn.Linear(cfg.merge * d_enc, 2 * d_llm), nn.GELU(), nn.Linear(2 * d_llm, d_llm))

@@ -148,3 +148,19 @@ def test_opd_step_diagnostics(tiny_corpus, teacher):
         module.cfg = cfg2
         l2, _ = module.opd_step(batch)
         assert torch.isfinite(l2), variant
+
+
+def test_encoder_rope_option_matches_reference_attention(student):
+    """RoPE attention: without rotation (zero angle) it equals Whisper's own attention on the same weights."""
+    from ark_asr.model import RotarySelfAttention
+
+    layer = student.encoder.layers[0]
+    rot = RotarySelfAttention(layer.self_attn)
+    x = torch.randn(2, 7, rot.head_dim * rot.num_heads)
+    rot.inv_freq.zero_()  # all angles 0: plain attention
+    ref, _ = layer.self_attn(hidden_states=x)
+    torch.testing.assert_close(rot(x)[0], ref, atol=1e-5, rtol=1e-5)
+    s = build_student(_model_cfg(encoder_rope=True))
+    f = s.features([np.zeros(16000, np.float32)])
+    h, _, mask = s.forward_hidden(f["input_features"], f["feature_lens"], [s.encode_text("hi")])
+    assert torch.isfinite(h).all() and all(isinstance(l.self_attn, RotarySelfAttention) for l in s.encoder.layers)
