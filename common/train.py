@@ -160,15 +160,16 @@ def run_fit(cfg: Any, build: Callable[[], tuple[L.LightningModule, Any, dict]], 
     atomic_write_json(run_dir / "meta.json", {"git_revision": git_revision(), "method": cfg.method, "torch": torch.__version__})
     module, dm, info = build()
     trainer = build_trainer(cfg.trainer, run_dir, callbacks=[StopAfterSteps(stop_after_steps)] if stop_after_steps else None)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
-    train_s = time.time() - t0
+    train_s, train_cpu = time.time() - t0, time.process_time() - c0
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if trainer.global_step < cfg.trainer.max_steps:  # stopped early: resumable, not complete
         return {"method": cfg.method, "steps": trainer.global_step, "stopped_early": True}
     if on_trained is not None and trainer.is_global_zero:
         on_trained(module, run_dir)
     summary: dict[str, Any] = {"method": cfg.method, "steps": trainer.global_step, "train_seconds": round(train_s, 1),
+                               "train_cpu_seconds": round(train_cpu, 1), "torch_threads": torch.get_num_threads(),
                                "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad), **info}
     if cfg.data.test and trainer.is_global_zero:
         module.eval()
