@@ -37,7 +37,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load(EvalConfig, args.config, overrides)
-    summary = run_evaluation(cfg, overwrite=args.overwrite)
+    transcriber = None
+    if (Path(cfg.model) / "ark_config.json").is_file():  # a saved Ark-ASR student (RUN_DIR/student)
+        from ark_asr.model import ArkTranscriber
+        from common.evaluate import DTYPES
+
+        transcriber = ArkTranscriber.from_dir(Path(cfg.model), device=cfg.device, dtype=DTYPES[cfg.dtype])
+    summary = run_evaluation(cfg, overwrite=args.overwrite, transcriber=transcriber)
     print(markdown_table(summary, Path(cfg.model).name or cfg.model))
     print(f"run directory: {cfg.out_dir}")
     return 0

@@ -108,12 +108,8 @@ class WhisperTranscriber:
 
 
 def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32") -> Transcriber:
-    """A transcriber for ``model``: an Ark-ASR student directory, else any Whisper."""
-    path = Path(model)
-    if path.is_dir() and (path / "ark_config.json").is_file():
-        from ark_asr.model import ArkTranscriber  # imported lazily: common never needs ark_asr otherwise
-
-        return ArkTranscriber.from_dir(path, device=device, dtype=DTYPES[dtype])
+    """A transcriber for any Whisper (bundled, local directory or hub id). Other model families pass their own
+    transcriber to :func:`run_evaluation` (the CLI does that for Ark-ASR student directories)."""
     from common.whisper import load_whisper
 
     m, proc = load_whisper(model, device=device, dtype=DTYPES[dtype])
