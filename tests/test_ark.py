@@ -104,9 +104,7 @@ def teacher(whisper_tiny):
 
 
 def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
-    from ark_asr.model import ArkTranscriber
     from ark_asr.run import fit
-    from common.evaluate import EvalConfig, run_evaluation
     from common.teachers.cache import CacheConfig, build_cache
 
     sft = fit(_ark_cfg(tiny_corpus, tmp_path / "sft", "sft"))
@@ -121,11 +119,15 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
     assert opd["steps"] == 3 and opd["token_map_teacher_coverage"] > 0.99
     ck = torch.load(tmp_path / "opd" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher") for k in ck["state_dict"])
-    # the saved student reloads and evaluates through the common evaluate path
-    from common.evaluate import DecodeConfig
+    # the saved student reloads and evaluates through `asr-distill evaluate`
+    import json
 
-    res = run_evaluation(EvalConfig(out_dir=str(tmp_path / "ev"), model=str(tmp_path / "opd" / "student"),
-                                    sets=[str(tiny_corpus / "en_test" / "manifest.jsonl")], decoding=DecodeConfig(max_new_tokens=8)))
+    from common.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(tmp_path / "opd" / "student"), "--manifest",
+                 str(tiny_corpus / "en_test" / "manifest.jsonl"), "--out", str(out), "decoding.max_new_tokens=8"]) == 0
+    res = json.loads((out / "summary.json").read_text())
     assert res["sets"]["en_test"]["n_utts"] == 8
 
 
