@@ -85,8 +85,9 @@ class ArkModule(L.LightningModule):
             cut = mapped.index(-1) if -1 in mapped else len(mapped)
             n_cut += int(cut < len(mapped))
             s_targets.append(mapped[: max(cut, 1)] if cut else [s.stop_id])
-        for ids, text in zip(roll["ids"], texts):
-            tm.retokenize(ids, text)
+        for ids, t, e in zip(roll["ids"], t_targets, empty):
+            if not e:  # did the teacher's tokenisation of the rollout text give back the rollout's tokens?
+                tm.record(ids, t[:-1])
         t2 = time.perf_counter()
         # 5. student re-scores with grad
         hidden, tgt, mask = s.forward_hidden(batch["input_features"], batch["feature_lens"], s_targets)

@@ -65,12 +65,18 @@ class TokenMap:
         out = self.s2t.to(student_ids.device)[student_ids.clamp(min=0, max=len(self.s2t) - 1)]
         return torch.where(student_ids >= 0, out, torch.full_like(out, -1))
 
+    def record(self, student_ids: list[int], teacher_ids: list[int]) -> bool:
+        """Count whether the teacher's tokenisation of a text equals the student's (mapped id by id)."""
+        same = self.to_teacher(torch.tensor(student_ids, dtype=torch.long)).tolist() == list(teacher_ids) if student_ids \
+            else not teacher_ids
+        self.stats.n_texts += 1
+        self.stats.n_mismatched += int(not same)
+        return same
+
     def retokenize(self, student_ids: list[int], text: str | None = None) -> list[int]:
         """Teacher ids of the student's transcript (decoded text re-encoded), counting mismatches."""
         if text is None:
             text = self.student_tokenizer.decode(student_ids, skip_special_tokens=True)
         t_ids = self.teacher_tokenizer.encode(text, add_special_tokens=False)
-        same = self.to_teacher(torch.tensor(student_ids, dtype=torch.long)).tolist() == t_ids if student_ids else not t_ids
-        self.stats.n_texts += 1
-        self.stats.n_mismatched += int(not same)
+        self.record(student_ids, t_ids)
         return t_ids
