@@ -160,7 +160,7 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
 
 
 def markdown_table(summary: dict[str, Any], model: str) -> str:
-    lines = [f"| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped | RTF |",
+    lines = ["| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped | RTF |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["sets"].items():
         lines.append(

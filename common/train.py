@@ -9,7 +9,6 @@ under ``tb/``, per-test-set evaluation files and, last, ``summary.json``.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -200,8 +199,3 @@ def method_of(path: str | Path | None, overrides: list[str]) -> str:
 def last_checkpoint(run_dir: Path) -> Optional[Path]:
     p = Path(run_dir) / "checkpoints" / "last.ckpt"
     return p if p.is_file() else None
-
-
-def rank_zero() -> bool:
-    """True on the process that writes shared files (global rank 0 or no distributed run)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0

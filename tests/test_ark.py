@@ -1,6 +1,5 @@
 """Ark-ASR student and its SFT / TD / OPD stages on a tiny random LM with the real tiny.en encoder."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from common.cli import build_parser, main
 

@@ -23,7 +23,7 @@ def _jsonl(path, rows):
 
 
 def test_jsonl_relative_absolute_duration_language_offset(tmp_path):
-    a = _wav(tmp_path / "set" / "audio" / "a.wav", 1.0)
+    _wav(tmp_path / "set" / "audio" / "a.wav", 1.0)
     b = _wav(tmp_path / "elsewhere" / "b.flac", 2.0, sr=48000, channels=2)
     m = _jsonl(tmp_path / "set" / "manifest.jsonl", [
         {"audio_filepath": "audio/a.wav", "text": "hello world", "duration": 1.0},

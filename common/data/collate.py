@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from common.audio import TARGET_SR
-from common.text import LANGUAGE_NAMES
 
 
 def whisper_prefix(tokenizer, language: Optional[str] = None, task: str = "transcribe") -> list[int]:
@@ -79,4 +78,4 @@ class WhisperCollator:
         return batch
 
 
-__all__ = ["WhisperCollator", "whisper_prefix", "whisper_target_ids", "is_multilingual", "LANGUAGE_NAMES"]
+__all__ = ["WhisperCollator", "whisper_prefix", "whisper_target_ids", "is_multilingual"]
