@@ -141,3 +141,26 @@ def test_export_loads_in_transformers_pipeline(tiny_corpus, tmp_path, teacher, r
     assert isinstance(text, str) and text.strip()
     student = transformers.WhisperForConditionalGeneration.from_pretrained(out)
     assert student.config.decoder_layers == 1
+
+
+def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
+    """teacher_source=cache reads top-k at the label positions; labels=pseudo trains on filtered teacher transcripts."""
+    from askd_whisper.run import build, fit
+    from common.teachers.cache import CacheConfig, build_cache
+
+    cache = tmp_path / "cache"
+    build_cache(CacheConfig(manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"), out_dir=str(cache), top_k=4,
+                            shard_size=64, max_new_tokens=20), teacher=teacher, progress=False)
+    cfg = _cfg(tiny_corpus, tmp_path / "c", teacher_source="cache", teacher_cache=str(cache),
+               curriculum={"adaptive": "gating"}, trainer={"max_steps": 2}, self_kd={"enabled": False})
+    module, dm, _ = build(cfg, teacher)
+    batch = next(iter(dm.train_dataloader()))
+    ids, lps = module._cached_topk(batch, batch["labels"])
+    labelled = batch["labels"] != -100
+    assert (ids[labelled] >= 0).all() and (ids[~labelled] == -1).all()  # every label position has the cached top-k
+    assert torch.isfinite(module.training_step(batch, 0))
+    assert fit(cfg, teacher=teacher)["steps"] == 2
+    pseudo = _cfg(tiny_corpus, tmp_path / "p", labels="pseudo", teacher_cache=str(cache), pseudo_label_max_wer=None,
+                  trainer={"max_steps": 2}, self_kd={"enabled": False})
+    s = fit(pseudo, teacher=teacher)
+    assert s["pseudo_labels"]["kept"] > 0 and s["steps"] == 2
