@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ark_asr.config import ArkModelConfig
 from common.audio import TARGET_SR, as_numpy as _as_numpy
+from common.teachers.base import pad_targets, predicting_states, right_pad
 
 ARK_SPECIALS = ["<|user|>", "<|begin_of_audio|>", "<|audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"]
 STOP = "<|im_end|>"
@@ -246,23 +247,12 @@ class ArkStudent(nn.Module):
         dev = next(self.llm.parameters()).device
         n_tok = self.n_audio_tokens(feature_lens)
         prompts = [self.prompt_ids(n) for n in n_tok]
-        rows = [p + list(t)[:-1] for p, t in zip(prompts, targets)]
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], att[i, : len(r)] = torch.tensor(r), 1
+        ids, att = right_pad([p + list(t)[:-1] for p, t in zip(prompts, targets)], self.pad_id)
         ids, att = ids.to(dev), att.to(dev)
         out = self.llm.model(inputs_embeds=self._embeds(ids, self.audio_embeds(feats, n_tok)), attention_mask=att)
-        T = max(len(t) for t in targets)
-        tgt = torch.full((len(rows), T), self.pad_id, dtype=torch.long, device=dev)
-        mask = torch.zeros((len(rows), T), dtype=torch.bool, device=dev)
-        for i, t in enumerate(targets):
-            tgt[i, : len(t)], mask[i, : len(t)] = torch.tensor(list(t), device=dev), True
-        start = torch.tensor([len(p) - 1 for p in prompts], device=dev)
-        pos = (start[:, None] + torch.arange(T, device=dev)[None]).clamp(max=L - 1)
-        h = out.last_hidden_state
-        return h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])), tgt, mask
+        tgt, mask = pad_targets(targets, self.pad_id)
+        tgt, mask = tgt.to(dev), mask.to(dev)
+        return predicting_states(out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1]), tgt, mask
 
     def lm_head(self) -> nn.Linear:
         return self.llm.get_output_embeddings()

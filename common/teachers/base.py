@@ -81,6 +81,27 @@ def score_hidden(
     return TeacherScores(topk_ids, topk_lp, tgt_lp, mask, hidden * mask[..., None], lse, lm_head)
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forcing rows -> (B, L) ids right-padded with ``pad`` and the (B, L) attention mask.
+
+    Right padding keeps every real token at its natural position 0..n-1 (no position-id bookkeeping)."""
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        att[i, : len(r)] = 1
+    return ids, att
+
+
+def predicting_states(hidden: torch.Tensor, prefix_lens: Sequence[int], T: int) -> torch.Tensor:
+    """(B, L, d) final states of rows ``prefix + target[:-1]`` -> (B, T, d): entry j is the state that predicts target j,
+    i.e. position len(prefix) - 1 + j of its row (clamped inside the row for padded targets)."""
+    start = torch.tensor([n - 1 for n in prefix_lens], device=hidden.device)
+    pos = (start[:, None] + torch.arange(T, device=hidden.device)[None]).clamp(max=hidden.shape[1] - 1)
+    return hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
 def pad_targets(targets: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """List of id lists -> (B, T) padded ids and (B, T) bool mask."""
     T = max(1, max(len(t) for t in targets))

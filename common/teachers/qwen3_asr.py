@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.audio import TARGET_SR, as_numpy as _as_numpy
-from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, score_hidden
+from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, predicting_states, right_pad, score_hidden
 from common.teachers.qwen3 import load_qwen3_tokenizer
 from common.text import LANGUAGE_NAMES, detect_language
 
@@ -106,23 +106,13 @@ class Qwen3ASRTeacher:
         if languages is None:
             languages = [detect_language(self.tokenizer.decode(list(t), skip_special_tokens=True)) for t in targets]
         prompts = [self.prompt_ids(n, lang) for n, lang in zip(batch["n_audio_tokens"], languages)]
-        rows = [p + list(t)[:-1] for p, t in zip(prompts, targets)]
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for i, r in enumerate(rows):  # right padding: real tokens keep positions 0..n-1
-            ids[i, : len(r)] = torch.tensor(r)
-            att[i, : len(r)] = 1
+        ids, att = right_pad([p + list(t)[:-1] for p, t in zip(prompts, targets)], self.pad_id)
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
         out = self.model.model(input_ids=ids.to(dev), input_features=batch["input_features"].to(dev, dtype),
                                input_features_mask=batch["input_features_mask"].to(dev), attention_mask=att.to(dev))
         tgt, mask = pad_targets(targets, self.pad_id)
-        T = tgt.shape[1]
-        start = torch.tensor([len(p) - 1 for p in prompts], device=dev)
-        pos = (start[:, None] + torch.arange(T, device=dev)[None]).clamp(max=L - 1)
-        h = out.last_hidden_state
-        hidden = h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1]))  # (B, T, d) only what is scored
+        hidden = predicting_states(out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1])  # only what is scored
         return score_hidden(hidden, self.model.lm_head, tgt.to(dev), mask.to(dev), top_k)
 
     # -- generation -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from common.audio import TARGET_SR, as_numpy as _as_numpy
 from common.data.collate import is_multilingual, whisper_prefix, whisper_target_ids
-from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, score_hidden
+from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, predicting_states, right_pad, score_hidden
 
 
 class WhisperTeacher:
@@ -69,18 +69,9 @@ class WhisperTeacher:
         prefixes = [self._prefix(l) for l in langs]
         tgt, mask = pad_targets(targets, self.eot)
         B, T = tgt.shape
-        rows = [pre + list(t)[:-1] for pre, t in zip(prefixes, targets)]
-        L = max(len(r) for r in rows)
-        dec = torch.full((B, L), self.eot, dtype=torch.long)  # right padding: positions stay 0..n-1
-        att = torch.zeros_like(dec)
-        for i, r in enumerate(rows):
-            dec[i, : len(r)] = torch.tensor(r)
-            att[i, : len(r)] = 1
+        dec, att = right_pad([pre + list(t)[:-1] for pre, t in zip(prefixes, targets)], self.eot)
         enc = self.encode(batch) if encoder_out is None else encoder_out
         dev = enc.device
         out = self.model.model.decoder(input_ids=dec.to(dev), attention_mask=att.to(dev), encoder_hidden_states=enc)
-        # position len(prefix)-1+j predicts target j
-        start = torch.tensor([len(p) - 1 for p in prefixes], device=dev)
-        pos = (start[:, None] + torch.arange(T, device=dev)[None]).clamp(max=L - 1)  # (B, T)
-        hidden = out.last_hidden_state.gather(1, pos[..., None].expand(-1, -1, out.last_hidden_state.shape[-1]))
+        hidden = predicting_states(out.last_hidden_state, [len(p) for p in prefixes], T)
         return score_hidden(hidden, self.model.proj_out, tgt.to(dev), mask.to(dev), top_k)
