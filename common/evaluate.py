@@ -133,10 +133,10 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
         hyps = transcriber.transcribe(batch, cfg.decoding)
         decode_s += time.perf_counter() - t0
         audio_s += sum(batch["durations"])
-        metric.update(hyps, batch["texts"], batch["languages"])
         for uid, ref, hyp, lang in zip(batch["ids"], batch["texts"], hyps, batch["languages"]):
             s = score_utterance(ref, hyp, lang)
             raw = score_utterance(ref, hyp, lang, normalised=False)
+            metric.add(s, raw)
             rows.append({"id": uid, "language": lang, "ref": ref, "hyp": hyp, "ref_norm": normalize(ref, lang),
                          "hyp_norm": normalize(hyp, lang), "raw_errors": raw.errors, "raw_ref_units": raw.ref_units,
                          **s.as_dict()})

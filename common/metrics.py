@@ -102,14 +102,17 @@ class ErrorRate(Metric):
         if not (len(hyps) == len(refs) == len(languages)):
             raise ValueError(f"hyps ({len(hyps)}), refs ({len(refs)}) and languages ({len(languages)}) differ in length")
         for hyp, ref, lang in zip(hyps, refs, languages):
-            for view, normalised in (("norm", True), ("raw", False)):
-                s = score_utterance(ref, hyp, lang, normalised=normalised)
-                for c, v in zip(_COUNTS, (s.sub, s.dele, s.ins, s.ref_units, s.hyp_units)):
-                    state = getattr(self, f"{view}_{c}")
-                    setattr(self, f"{view}_{c}", state + v)
-                if normalised and s.ref_units == 0:
-                    self.n_empty_refs += 1
-            self.n_utts += 1
+            self.add(score_utterance(ref, hyp, lang), score_utterance(ref, hyp, lang, normalised=False))
+
+    def add(self, norm: UtteranceScore, raw: UtteranceScore) -> None:
+        """Add one utterance already scored in both views (callers that keep per-utterance alignments use this,
+        so nothing is aligned twice)."""
+        for view, s in (("norm", norm), ("raw", raw)):
+            for c, v in zip(_COUNTS, (s.sub, s.dele, s.ins, s.ref_units, s.hyp_units)):
+                setattr(self, f"{view}_{c}", getattr(self, f"{view}_{c}") + v)
+        if norm.ref_units == 0:
+            self.n_empty_refs += 1
+        self.n_utts += 1
 
     @staticmethod
     def _rate(errors: torch.Tensor, ref_units: torch.Tensor) -> torch.Tensor:

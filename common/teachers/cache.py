@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from common.audio import load_audio
@@ -167,13 +168,17 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
     return tensors, utts
 
 
+def _shard_utts(path: Path) -> list[dict[str, Any]]:
+    """The per-utterance records stored in a shard's metadata (the tensors are not read)."""
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["utts"])
+
+
 def _summary(out: Path, index: dict[str, Any]) -> dict[str, Any]:
     metric = ErrorRate()
     n = 0
     for s in index["shards"]:
-        with open(out / s["file"], "rb") as f:  # read only the header's metadata
-            hlen = int.from_bytes(f.read(8), "little")
-            utts = json.loads(json.loads(f.read(hlen))["__metadata__"]["utts"])
+        utts = _shard_utts(out / s["file"])
         n += len(utts)
         if utts and "hyp" in utts[0]:
             metric.update([u["hyp"] for u in utts], [u["ref"] for u in utts], [u["language"] for u in utts])
@@ -215,9 +220,7 @@ class TeacherCache:
         self._items: dict[str, CachedUtterance] = {}
         for s in self.index["shards"]:
             t = load_file(str(self.path / s["file"]))
-            with open(self.path / s["file"], "rb") as f:
-                hlen = int.from_bytes(f.read(8), "little")
-                utts = json.loads(json.loads(f.read(hlen))["__metadata__"]["utts"])
+            utts = _shard_utts(self.path / s["file"])
             off = t["offsets"].tolist()
             for i, u in enumerate(utts):
                 a, b = off[i], off[i + 1]
