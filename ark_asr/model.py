@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 from ark_asr.config import ArkModelConfig
 from common.audio import TARGET_SR, as_numpy as _as_numpy
@@ -88,6 +89,8 @@ class AudioEncoder(nn.Module):
         self.layer_norm = nn.Identity() if drop_final_layernorm else whisper_encoder.layer_norm
         self.d_model = whisper_encoder.config.d_model
         self.max_frames = whisper_encoder.config.max_source_positions
+        self._no_split_modules = list(getattr(whisper_encoder, "_no_split_modules", None) or ["WhisperEncoderLayer"])
+        self.gradient_checkpointing = False  # set by common.train.enable_activation_checkpointing
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, n_mels, F) -> (B, ceil(F/2), d)
         x = nn.functional.gelu(self.conv1(feats))
@@ -96,8 +99,12 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"audio of {x.shape[1]} encoder frames exceeds the encoder's {self.max_frames} (30 s)")
         if not self.rope:
             x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, attention_mask=None)
+            if ckpt and any(p.requires_grad for p in layer.parameters()):
+                x = torch.utils.checkpoint.checkpoint(layer, x, None, use_reentrant=False)
+            else:
+                x = layer(x, attention_mask=None)
             x = x[0] if isinstance(x, tuple) else x
         return self.layer_norm(x)
 

@@ -19,7 +19,7 @@ from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
 from common.metrics import ErrorRate
 from common.teachers.base import gather_logprobs
-from common.train import configure_optim
+from common.train import ValidationLog, configure_optim, gathered_params
 
 
 class ArkCollator:
@@ -42,6 +42,7 @@ class ArkModule(L.LightningModule):
         self.token_map = token_map
         self.dev_names = list(dev_names)
         self.val_metrics = torch.nn.ModuleList([ErrorRate() for _ in self.dev_names])
+        self.val_log = ValidationLog()
         if cfg.stage == "opd" and (teacher is None or token_map is None):
             raise ValueError("stage opd needs a teacher and a token map")
 
@@ -68,8 +69,9 @@ class ArkModule(L.LightningModule):
         o, s, tm = self.cfg.opd, self.student, self.token_map
         t0 = time.perf_counter()
         # 1-2. rollout without grad; empty rollouts fall back to the reference
-        roll = s.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=o.max_new_tokens,
-                          do_sample=o.rollout == "sample", temperature=o.temperature)
+        with gathered_params(s):  # FSDP: one all-gather per rollout, not per generated token
+            roll = s.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=o.max_new_tokens,
+                              do_sample=o.rollout == "sample", temperature=o.temperature)
         texts = [s.decode(ids) for ids in roll["ids"]]
         empty = [not t for t in texts]
         texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
@@ -132,13 +134,14 @@ class ArkModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["ids"]:
             return
-        out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens)
-        self.val_metrics[dataloader_idx].update([self.student.decode(i) for i in out["ids"]], batch["texts"], batch["languages"])
+        with gathered_params(self.student):
+            out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens)
+        hyps = [self.student.decode(i) for i in out["ids"]]
+        self.val_metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
+        self.val_log.collect(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        for name, m in zip(self.dev_names, self.val_metrics):
-            self.log(f"val/{name}/error_rate", m.compute()["error_rate"].float())
-            m.reset()
+        self.val_log.log(self, self.dev_names, self.val_metrics)
 
     def configure_optimizers(self):
         return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

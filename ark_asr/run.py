@@ -34,7 +34,7 @@ def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dic
 
 
 def fit(cfg: ArkConfig, resume: bool = False, overwrite: bool = False, teacher=None,
-        stop_after_steps: Optional[int] = None) -> dict[str, Any]:
+        stop_after_steps: Optional[int] = None, callbacks: Optional[list] = None) -> dict[str, Any]:
     return run_fit(cfg, lambda: build(cfg, teacher), lambda m: ArkTranscriber(m.student, name=f"ark-{cfg.stage}"),
-                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
+                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps, callbacks=callbacks,
                    on_trained=lambda m, run_dir: m.student.save_pretrained(Path(run_dir) / "student"))

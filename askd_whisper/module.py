@@ -20,7 +20,7 @@ from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
 from common.metrics import ErrorRate
-from common.train import configure_optim
+from common.train import ValidationLog, configure_optim, gathered_params
 
 
 class AskdModule(L.LightningModule):
@@ -35,6 +35,7 @@ class AskdModule(L.LightningModule):
         self.cache = cache
         self.dev_names = list(dev_names)
         self.val_metrics = torch.nn.ModuleList([ErrorRate() for _ in self.dev_names])
+        self.val_log = ValidationLog()
         self._pending_self_teacher: Optional[dict] = None
 
     # -- schedules ------------------------------------------------------------------------------
@@ -140,7 +141,10 @@ class AskdModule(L.LightningModule):
         if sk.enabled and self.global_step >= self.boundary_step and self.self_teacher is None:
             object.__setattr__(self, "self_teacher", self._copy_student())  # snapshot / first prev-epoch copy
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The EMA self-teacher follows each optimizer step (not each micro-batch under gradient accumulation), and
+        is updated before any callback's ``on_train_batch_end``, so a checkpoint taken there is consistent."""
+        super().optimizer_step(*args, **kwargs)
         sk = self.cfg.self_kd
         if sk.enabled and sk.self_teacher == "ema" and self.self_teacher is not None:
             with torch.no_grad():
@@ -164,14 +168,13 @@ class AskdModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["ids"]:
             return
-        hyps = WhisperTranscriber(self.student, self.processor).transcribe(batch, self.cfg.decoding)
+        with gathered_params(self.student):
+            hyps = WhisperTranscriber(self.student, self.processor).transcribe(batch, self.cfg.decoding)
         self.val_metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
+        self.val_log.collect(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        for name, m in zip(self.dev_names, self.val_metrics):
-            r = m.compute()
-            self.log(f"val/{name}/error_rate", r["error_rate"].float(), sync_dist=False)
-            m.reset()
+        self.val_log.log(self, self.dev_names, self.val_metrics)
 
     def configure_optimizers(self):
         return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

@@ -13,14 +13,17 @@ from common.data.collate import WhisperCollator
 from common.data.datamodule import AudioDataModule
 from common.evaluate import WhisperTranscriber
 from common.teachers.whisper_teacher import WhisperTeacher
-from common.train import run_fit
+from common.train import launch_rank, run_fit
 
 
 def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[AskdModule, AudioDataModule, dict]:
     from common.teachers.cache import TeacherCache, relabel_with_teacher
 
-    teacher = teacher or WhisperTeacher.from_pretrained(cfg.teacher.name_or_path, cfg.teacher.device,
-                                                        torch.bfloat16 if cfg.teacher.dtype == "bfloat16" else torch.float32)
+    from common.teachers import build_teacher
+
+    if cfg.teacher.kind != "whisper":
+        raise ValueError(f"teacher.kind: ASKD-Whisper distils a Whisper teacher, got {cfg.teacher.kind!r}")
+    teacher = teacher or build_teacher(cfg.teacher)
     dm = AudioDataModule(cfg.data, WhisperCollator(teacher.processor), WhisperCollator(teacher.processor, with_labels=False))
     dm.setup("fit")
     info: dict[str, Any] = {}
@@ -32,18 +35,19 @@ def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[As
 
 
 def fit(cfg: AskdConfig, resume: bool = False, overwrite: bool = False, teacher: Optional[WhisperTeacher] = None,
-        stop_after_steps: Optional[int] = None) -> dict:
+        stop_after_steps: Optional[int] = None, callbacks: Optional[list] = None) -> dict:
     """Train, evaluate the test sets with the final student, write ``summary.json`` last (common.train.run_fit)."""
 
     def build_all():
         module, dm, info = build(cfg, teacher)
-        module.processor.save_pretrained(Path(cfg.run_dir) / "processor")
-        module.student.generation_config.save_pretrained(Path(cfg.run_dir) / "processor")
+        if launch_rank() == 0:
+            module.processor.save_pretrained(Path(cfg.run_dir) / "processor")
+            module.student.generation_config.save_pretrained(Path(cfg.run_dir) / "processor")
         info["n_params_student"] = sum(p.numel() for p in module.student.parameters())
         return module, dm, info
 
     return run_fit(cfg, build_all, lambda m: WhisperTranscriber(m.student, m.processor, name="student"),
-                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
+                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps, callbacks=callbacks)
 
 
 def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:

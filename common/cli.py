@@ -113,7 +113,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from ark_asr.run import fit
 
         cfg = load(ArkConfig, args.config, list(args.overrides))
-    summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from common.train import Preempted
+
+    try:
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    except Preempted as p:
+        print(f"asr-distill fit: stopped by signal {p.signum} at step {p.step}; {p.path} written; rerun with --resume", file=sys.stderr)
+        return int(p.code)
+    except SIGTERMException:
+        print(f"asr-distill fit: stopped by SIGTERM; {Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'} written; rerun with --resume",
+              file=sys.stderr)
+        return 143
+    if summary.get("stopped_early"):
+        print(f"stopped at step {summary['steps']}; continue with --resume")
     if "table" in summary:
         print(summary["table"])
     print(f"run directory: {cfg.run_dir}")
@@ -169,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fi = sub.add_parser("fit", help="train one stage/experiment from a config (method: askd_whisper | ark_asr)")
     fi.add_argument("-c", "--config", required=True, help="YAML experiment config with a 'method:' key")
-    fi.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+    fi.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt if there is one (else start; safe for requeued jobs)")
     fi.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     fi.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. trainer.max_steps=100 curriculum.schedule=linear")
     fi.set_defaults(func=cmd_fit)

@@ -8,10 +8,13 @@ under ``tb/``, per-test-set evaluation files and, last, ``summary.json``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+import os
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import lightning as L
 import torch
@@ -41,6 +44,19 @@ class OptimConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """FSDP settings (``trainer.strategy: fsdp``; GPU only). The student is wrapped at its transformer layers
+    (the classes named by each Hugging Face model's ``_no_split_modules``: encoder and decoder layers)."""
+
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
+    """torch FSDP sharding strategy."""
+    state_dict_type: Literal["full", "sharded"] = "full"
+    """full: one consolidated checkpoint that loads under any strategy / world size; sharded: per-rank files."""
+    cpu_offload: bool = False
+    """Offload parameters to CPU between uses."""
+
+
+@dataclass
 class TrainerConfig:
     """Lightning Trainer settings; the strategy is config, modules never branch on it."""
 
@@ -53,11 +69,16 @@ class TrainerConfig:
     num_nodes: int = 1
     """Nodes (SLURM: one task per device)."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    """Distribution strategy."""
+    """Distribution strategy (modules never branch on it)."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """FSDP settings (strategy fsdp)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer layer's activations in backward (student layers; FSDP: Lightning's policy)."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
     """Numeric precision."""
     accumulate_grad_batches: int = 1
-    """Gradient accumulation."""
+    """Gradient accumulation: one optimizer step per this many batches, so the global batch of an optimizer
+    step is ``data.batch_seconds * accumulate_grad_batches`` seconds of audio whatever the world size."""
     gradient_clip_val: Optional[float] = 1.0
     """Gradient-norm clipping (None: off)."""
     val_every_n_steps: Optional[int] = None
@@ -72,6 +93,8 @@ class TrainerConfig:
     """torch deterministic algorithms."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
+    slurm_requeue: bool = True
+    """Under SLURM: on SIGUSR1 (``#SBATCH --signal=USR1@120``) save last.ckpt and requeue the job."""
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.accumulate_grad_batches < 1:
@@ -99,9 +122,204 @@ def configure_optim(params, cfg: OptimConfig, total_steps: int) -> dict[str, Any
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def build_trainer(cfg: TrainerConfig, run_dir: Path, callbacks: Optional[list] = None, limit_val_batches: Any = None) -> L.Trainer:
+def layer_classes(module: torch.nn.Module) -> set[type]:
+    """The transformer-layer classes inside ``module``: every Hugging Face model names them in
+    ``_no_split_modules`` (WhisperEncoderLayer, WhisperDecoderLayer, Qwen3DecoderLayer, ...)."""
+    names: set[str] = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return {type(m) for m in module.modules() if type(m).__name__ in names}
+
+
+class ValidationLog:
+    """What both modules log at the end of validation: per dev set the error rate with its summed counts (synced
+    across ranks by :class:`~common.metrics.ErrorRate`), and on the first dev set a few samples to TensorBoard -
+    reference, student and teacher transcripts as a text table, and the audio."""
+
+    def __init__(self, n_samples: int = 3) -> None:
+        self.n = n_samples
+        self.samples: list[dict[str, Any]] = []
+        self.teacher_texts: dict[str, str] = {}
+
+    def collect(self, batch: dict[str, Any], hyps: list[str], dataloader_idx: int = 0) -> None:
+        if dataloader_idx != 0 or len(self.samples) >= self.n:
+            return
+        audios = batch.get("audios") or [None] * len(hyps)
+        for uid, ref, hyp, lang, audio in zip(batch["ids"], batch["texts"], hyps, batch["languages"], audios):
+            if len(self.samples) < self.n:
+                self.samples.append({"id": uid, "ref": ref, "hyp": hyp, "language": lang, "audio": audio})
+
+    def log(self, module: L.LightningModule, names: list[str], metrics: Any) -> None:
+        for name, m in zip(names, metrics):
+            r = m.compute()  # counts summed over ranks
+            module.log(f"val/{name}/error_rate", r["error_rate"].float())
+            for key in ("n_utts", "ref_units", "sub", "del", "ins"):
+                module.log(f"val/{name}/{key}", r[key].float())
+            m.reset()
+        samples, self.samples = self.samples, []
+        if not samples or module.trainer is None or not module.trainer.is_global_zero:
+            return
+        tb = getattr(module.logger, "experiment", None)
+        if tb is None or not hasattr(tb, "add_text"):
+            return
+        teacher = getattr(module, "teacher", None)
+        missing = [s for s in samples if s["id"] not in self.teacher_texts and s["audio"] is not None]
+        sharded = teacher is not None and any(type(p).__name__ == "DTensor" for p in teacher.model.parameters())
+        if teacher is not None and missing and not sharded:  # once per utterance (the teacher is frozen); rank 0 only
+            with torch.no_grad():
+                gen = teacher.generate(teacher.prepare([s["audio"] for s in missing], [s["language"] for s in missing]),
+                                       max_new_tokens=64)
+            self.teacher_texts.update({s["id"]: t for s, t in zip(missing, gen.texts)})
+        rows = ["| utterance | reference | student | teacher |", "|---|---|---|---|"]
+        for s in samples:
+            rows.append(f"| {s['id']} | {s['ref']} | {s['hyp']} | {self.teacher_texts.get(s['id'], '-')} |")
+        step = module.global_step
+        tb.add_text(f"val/{names[0] if names else 'dev'}/samples", "\n".join(rows), step)
+        for i, s in enumerate(samples):
+            if s["audio"] is not None:
+                tb.add_audio(f"val/audio/{i}", torch.as_tensor(s["audio"]).float()[None], step, sample_rate=16000)
+
+
+def make_strategy(cfg: TrainerConfig, module: Optional[torch.nn.Module] = None) -> Any:
+    """``trainer.strategy`` as a Lightning strategy. FSDP wraps (and optionally checkpoints) each transformer layer."""
+    if cfg.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        classes = layer_classes(module) if module is not None else set()
+        return FSDPStrategy(auto_wrap_policy=classes or None, sharding_strategy=cfg.fsdp.sharding_strategy,
+                            state_dict_type=cfg.fsdp.state_dict_type, cpu_offload=cfg.fsdp.cpu_offload,
+                            activation_checkpointing_policy=classes if cfg.activation_checkpointing and classes else None,
+                            use_orig_params=True)  # frozen encoder + trainable rest in one unit
+    if cfg.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # frozen parameters (encoder) and steps that skip a branch (phase A/B) leave some parameters unused
+        return DDPStrategy(find_unused_parameters=True)
+    return cfg.strategy
+
+
+def enable_activation_checkpointing(module: torch.nn.Module) -> int:
+    """Non-FSDP activation checkpointing: Hugging Face's per-layer checkpointing on every trainable model."""
+    from transformers import PreTrainedModel
+
+    n = 0
+    for m in module.modules():
+        trainable = any(p.requires_grad for p in m.parameters())
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and trainable:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            n += 1
+        elif not isinstance(m, PreTrainedModel) and hasattr(m, "gradient_checkpointing") and trainable:
+            m.gradient_checkpointing = True  # the project's own layer loops (Ark's AudioEncoder)
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def gathered_params(module: torch.nn.Module) -> Iterator[None]:
+    """Hold a (possibly FSDP-sharded) model's full weights for a generation loop, so that autoregressive decoding
+    all-gathers each layer once per rollout instead of once per generated token. A no-op without FSDP."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    if any(isinstance(m, FSDP) for m in module.modules()):
+        with FSDP.summon_full_params(module, recurse=True, writeback=False):
+            yield
+    else:
+        yield
+
+
+def shard_frozen(model: torch.nn.Module) -> int:
+    """Shard a frozen model's transformer layers across the ranks (FSDP2 ``fully_shard``, CPU or GPU): each rank keeps
+    1/world of every layer and gathers a layer just for its forward. Embeddings and heads stay replicated, so any
+    sub-module (encoder alone, decoder alone) can still be called directly. Returns the number of sharded layers."""
+    from torch.distributed.fsdp import fully_shard
+
+    classes = tuple(layer_classes(model))
+    layers = [m for m in model.modules() if classes and isinstance(m, classes)]
+    for m in layers:
+        fully_shard(m, reshard_after_forward=True)
+    return len(layers)
+
+
+class TeacherPlacement(L.Callback):
+    """Put the frozen teacher (never a sub-module) where the run needs it: ``teacher.device: auto`` -> this rank's
+    device; ``teacher.placement: sharded`` -> layers sharded across the ranks (:func:`shard_frozen`)."""
+
+    def __init__(self, teacher_cfg: Any) -> None:
+        self.cfg = teacher_cfg
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        teacher = getattr(pl_module, "teacher", None)
+        if teacher is None or self.cfg is None:
+            return
+        if self.cfg.device == "auto":
+            teacher.model.to(trainer.strategy.root_device)
+        if self.cfg.placement == "sharded" and trainer.world_size > 1:
+            shard_frozen(teacher.model)
+
+
+class Preempted(SystemExit):
+    """Raised after a signal-triggered checkpoint; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.step, self.path = signum, step, path
+
+
+class PreemptionCheckpoint(L.Callback):
+    """SIGTERM or SIGUSR1 -> finish the current optimizer step -> ``last.ckpt`` (atomic) -> exit; ``--resume`` then
+    continues to the same final weights as an uninterrupted run.
+
+    SIGTERM goes through Lightning's own handler, which stops every rank after the step (``SIGTERMException``); the
+    checkpoint is written here. SIGUSR1 (SLURM's early warning, ``#SBATCH --signal=USR1@120``) is caught here - and,
+    under SLURM with auto-requeue, by Lightning too, which requeues the job: the loop stops after the step (every rank,
+    the decision is all-reduced), ``run_fit`` writes ``last.ckpt`` and raises :class:`Preempted`. Checkpoints are
+    taken after the whole step, module hooks (EMA self-teacher) included, so resuming is exact."""
+
+    def __init__(self, ckpt_path: Path) -> None:
+        self.path = Path(ckpt_path)
+        self.received: Optional[int] = None
+        self.stopped_at: Optional[int] = None
+        self._previous: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if os.name == "nt":  # pragma: no cover
+            return
+        self._previous = signal.getsignal(signal.SIGUSR1)
+
+        def handler(signum, frame):
+            self.received = signum
+            if callable(self._previous):
+                self._previous(signum, frame)
+
+        signal.signal(signal.SIGUSR1, handler)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            trainer.should_stop = True  # the loop ends after this step; run_fit writes last.ckpt and raises Preempted
+            self.stopped_at = trainer.global_step
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)  # Lightning writes through a temporary file: atomic
+            if trainer.is_global_zero:
+                print(f"SIGTERM at step {trainer.global_step}: checkpoint {self.path}; continue with --resume", flush=True)
+
+
+def build_trainer(cfg: TrainerConfig, run_dir: Path, callbacks: Optional[list] = None, limit_val_batches: Any = None,
+                  module: Optional[torch.nn.Module] = None) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1 if cfg.ckpt_every_n_steps else 0,
                            every_n_train_steps=cfg.ckpt_every_n_steps or cfg.max_steps, filename="step{step:07d}",
@@ -111,12 +329,17 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, callbacks: Optional[list] =
         kw.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
     if limit_val_batches is not None:
         kw["limit_val_batches"] = limit_val_batches
+    if SLURMEnvironment.detect():  # srun-launched: one task per device, requeue on SIGUSR1
+        kw["plugins"] = [SLURMEnvironment(auto_requeue=cfg.slurm_requeue, requeue_signal=signal.SIGUSR1)]
+    if cfg.activation_checkpointing and cfg.strategy != "fsdp" and module is not None:
+        enable_activation_checkpointing(module)
+    preempt = PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     return L.Trainer(
         max_steps=cfg.max_steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=cfg.precision, accumulate_grad_batches=cfg.accumulate_grad_batches,
+        strategy=make_strategy(cfg, module), precision=cfg.precision, accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip_val, log_every_n_steps=cfg.log_every_n_steps, deterministic=cfg.deterministic,
         enable_progress_bar=cfg.progress_bar, use_distributed_sampler=False, default_root_dir=str(run_dir),
-        logger=TensorBoardLogger(str(run_dir), name="tb", version=""), callbacks=[ckpt] + list(callbacks or []),
+        logger=TensorBoardLogger(str(run_dir), name="tb", version=""), callbacks=[ckpt, preempt] + list(callbacks or []),
         num_sanity_val_steps=0, **kw,
     )
 
@@ -134,52 +357,98 @@ class StopAfterSteps(L.Callback):
 
 def run_fit(cfg: Any, build: Callable[[], tuple[L.LightningModule, Any, dict]], transcriber: Callable[[L.LightningModule], Any],
             resume: bool = False, overwrite: bool = False, stop_after_steps: Optional[int] = None,
-            on_trained: Optional[Callable[[L.LightningModule, Path], None]] = None) -> dict[str, Any]:
+            on_trained: Optional[Callable[[L.LightningModule, Path], None]] = None,
+            callbacks: Optional[list] = None) -> dict[str, Any]:
     """The run-directory life cycle shared by both methods.
 
     prepare (or resume) ``cfg.run_dir`` -> seed -> config.yaml + meta.json -> ``build()`` (module, datamodule, info)
     -> Trainer.fit -> last.ckpt -> ``on_trained`` (e.g. save the student) -> evaluate ``cfg.data.test`` with
-    ``transcriber(module)`` -> summary.json (last). ``stop_after_steps`` stops early and returns without a summary.
+    ``transcriber(module)`` on rank 0 -> summary.json (last). ``stop_after_steps`` stops early and returns without a
+    summary. ``resume`` continues from ``last.ckpt`` when there is one and starts afresh otherwise (so a requeued
+    job can always pass ``--resume``). A SIGTERM/SIGUSR1 during fit leaves ``last.ckpt`` and raises
+    :class:`Preempted` / Lightning's ``SIGTERMException``.
     """
     import json
     import time
 
     from common.config import save_yaml
-    from common.evaluate import EvalConfig, markdown_table, run_evaluation
     from common.io import SUMMARY, atomic_write_json, git_revision, is_complete, prepare_run_dir
 
     run_dir = Path(cfg.run_dir)
     if resume and is_complete(run_dir):
         return json.loads((run_dir / SUMMARY).read_text())
     ckpt = last_checkpoint(run_dir) if resume else None
-    if not resume:
+    if (not resume or not run_dir.exists()) and launch_rank() == 0:
         prepare_run_dir(run_dir, overwrite=overwrite)
     L.seed_everything(cfg.trainer.seed, workers=True)
-    save_yaml(cfg, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "meta.json", {"git_revision": git_revision(), "method": cfg.method, "torch": torch.__version__})
     module, dm, info = build()
-    trainer = build_trainer(cfg.trainer, run_dir, callbacks=[StopAfterSteps(stop_after_steps)] if stop_after_steps else None)
+    cbs = [TeacherPlacement(getattr(cfg, "teacher", None))] + list(callbacks or [])
+    if stop_after_steps:
+        cbs.append(StopAfterSteps(stop_after_steps))
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks=cbs, module=module)
+    if trainer.is_global_zero:
+        save_yaml(cfg, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "meta.json", {"git_revision": git_revision(), "method": cfg.method, "torch": torch.__version__,
+                                                  "world_size": trainer.world_size, "resumed_from": str(ckpt) if ckpt else None})
     t0, c0 = time.time(), time.process_time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     train_s, train_cpu = time.time() - t0, time.process_time() - c0
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    preempt = next(c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
+    if preempt.stopped_at is not None:
+        raise Preempted(preempt.received or signal.SIGUSR1, trainer.global_step, preempt.path)
+    world = trainer.world_size
+    _leave_process_group()  # the rest runs on rank 0 alone
     if trainer.global_step < cfg.trainer.max_steps:  # stopped early: resumable, not complete
         return {"method": cfg.method, "steps": trainer.global_step, "stopped_early": True}
-    if on_trained is not None and trainer.is_global_zero:
+    if not trainer.is_global_zero:
+        return {"method": cfg.method, "steps": trainer.global_step, "rank": trainer.global_rank}
+    if cfg.trainer.strategy == "fsdp":  # the sharded module is unusable outside the trainer: reload the full weights
+        module = _reload(build, run_dir / "checkpoints" / "last.ckpt")
+    if on_trained is not None:
         on_trained(module, run_dir)
     summary: dict[str, Any] = {"method": cfg.method, "steps": trainer.global_step, "train_seconds": round(train_s, 1),
                                "train_cpu_seconds": round(train_cpu, 1), "torch_threads": torch.get_num_threads(),
-                               "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad), **info}
-    if cfg.data.test and trainer.is_global_zero:
-        module.eval()
-        ev = EvalConfig(out_dir=str(run_dir / "eval"), model=str(run_dir), sets=list(cfg.data.test), decoding=cfg.decoding,
-                        bad_sample_policy=cfg.data.bad_sample_policy)
-        res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
-        summary["sets"] = res["sets"]
-        summary["table"] = markdown_table(res, run_dir.name)
-    if trainer.is_global_zero:
-        atomic_write_json(run_dir / SUMMARY, summary)
+                               "world_size": world, "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+                               **info}
+    if cfg.data.test:
+        summary.update(evaluate_test_sets(cfg, module, transcriber, run_dir))
+    atomic_write_json(run_dir / SUMMARY, summary)
     return summary
+
+
+def evaluate_test_sets(cfg: Any, module: L.LightningModule, transcriber: Callable[[L.LightningModule], Any], run_dir: Path) -> dict:
+    """Decode ``cfg.data.test`` with the trained model into ``run_dir/eval`` (per-utterance errors kept)."""
+    from common.evaluate import EvalConfig, markdown_table, run_evaluation
+
+    module.eval()
+    ev = EvalConfig(out_dir=str(run_dir / "eval"), model=str(run_dir), sets=list(cfg.data.test), decoding=cfg.decoding,
+                    bad_sample_policy=cfg.data.bad_sample_policy)
+    res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
+    return {"sets": res["sets"], "table": markdown_table(res, run_dir.name)}
+
+
+def launch_rank() -> int:
+    """This process's global rank as the launcher (torchrun, srun, Lightning) set it, before any process group exists."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _reload(build: Callable[[], tuple[L.LightningModule, Any, dict]], ckpt: Path) -> L.LightningModule:
+    module, _, _ = build()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"], strict=False)
+    module.on_load_checkpoint(state)
+    return module
 
 
 def method_of(path: str | Path | None, overrides: list[str]) -> str:

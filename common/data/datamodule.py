@@ -96,6 +96,7 @@ class AsrDataset(torch.utils.data.Dataset):
             durations.append(cut.duration)
         batch: dict[str, Any] = self.collate(audios, texts, langs) if audios else {}
         batch.update(ids=ids, texts=texts, languages=langs, durations=durations, skipped=skipped)
+        batch.setdefault("audios", audios)  # waveforms: teachers compute their own features, TensorBoard plays a few
         return batch
 
 
@@ -109,11 +110,14 @@ def _dist_info(trainer: Optional[L.Trainer]) -> tuple[int, int]:
 
 def eval_loader(cuts: CutSet, collate: Collator, batch_seconds: float, policy: str = "error", num_workers: int = 0,
                 max_cuts: Optional[int] = None, world_size: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
-    """Sequential (unshuffled) batches of ``cuts``, sharded by rank."""
+    """Sequential (unshuffled) batches of ``cuts``, sharded by rank: rank r gets cuts r, r + W, r + 2W, ... so that
+    every utterance is scored exactly once across the ranks (a distributed sampler would pad the last batch with
+    repeats, which would count some utterances twice in the synced metric)."""
+    if world_size > 1:
+        cuts = cuts.subset(cut_ids=list(cuts.ids)[rank::world_size])
     with warnings.catch_warnings():  # cuts are validated and held in memory on purpose
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-        sampler = DynamicCutSampler(cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False,
-                                    world_size=world_size, rank=rank)
+        sampler = DynamicCutSampler(cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False, world_size=1, rank=0)
     return torch.utils.data.DataLoader(AsrDataset(collate, policy), sampler=sampler, batch_size=None, num_workers=num_workers)
 
 
@@ -165,7 +169,12 @@ class AudioDataModule(L.LightningDataModule):
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
             sampler = self._make_sampler(world, rank)
         if self._sampler_state is not None:
-            sampler.load_state_dict(self._sampler_state)
+            saved_world = self._sampler_state.get("world_size", world)
+            if saved_world == world:
+                sampler.load_state_dict(self._sampler_state)
+            else:  # weights, optimizer and step resume; the data order cannot be carried to another world size
+                warnings.warn(f"the checkpoint's data position was saved with world size {saved_world}, this run has {world}: "
+                              "the training data restarts at the beginning of an epoch")
             self._sampler_state = None
         return sampler
 

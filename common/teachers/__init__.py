@@ -23,9 +23,13 @@ class TeacherConfig:
     name_or_path: str = "bundled:tiny.en"
     """bundled:tiny.en (whisper only), a local HF directory, or a hub id."""
     device: str = "cpu"
-    """Device of the teacher (it can differ from the student's)."""
+    """Device of the teacher (it can differ from the student's); "auto": the training process's own device
+    (each rank's GPU under DDP/FSDP), set when training starts."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Teacher weights and compute dtype."""
+    placement: Literal["replicated", "sharded"] = "replicated"
+    """Multi-process training: a full copy per rank, or every transformer layer sharded across ranks (FSDP2
+    ``fully_shard``; a layer's weights are gathered just for its forward, embeddings and head stay replicated)."""
 
     def __post_init__(self) -> None:
         if self.kind == "qwen3_asr" and self.name_or_path.startswith("bundled:"):
@@ -37,7 +41,11 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     if cfg.kind == "whisper":
         from common.teachers.whisper_teacher import WhisperTeacher
 
-        return WhisperTeacher.from_pretrained(cfg.name_or_path, cfg.device, _DTYPES[cfg.dtype])
+        return WhisperTeacher.from_pretrained(cfg.name_or_path, _load_device(cfg), _DTYPES[cfg.dtype])
     from common.teachers.qwen3_asr import Qwen3ASRTeacher
 
-    return Qwen3ASRTeacher.from_pretrained(cfg.name_or_path, cfg.device, _DTYPES[cfg.dtype])
+    return Qwen3ASRTeacher.from_pretrained(cfg.name_or_path, _load_device(cfg), _DTYPES[cfg.dtype])
+
+
+def _load_device(cfg: TeacherConfig) -> str:
+    return "cpu" if cfg.device == "auto" else cfg.device

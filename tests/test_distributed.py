@@ -1,0 +1,211 @@
+"""Scale: 2-process CPU DDP fits of both methods (torchrun, gloo), teacher sharding, and signal -> checkpoint -> resume.
+
+The DDP runs are launched exactly as a user launches them (``torchrun -m common.cli fit ... trainer.strategy=ddp``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from common.config import save_yaml
+from common.runs import read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ark import _ark_cfg  # noqa: E402
+from test_askd import _cfg as _askd_cfg  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(cfg, tmp_path: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{Path(cfg.run_dir).name}.yaml"
+    save_yaml(cfg, path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+           "-m", "common.cli", "fit", "-c", str(path), "trainer.strategy=ddp", f"trainer.devices={nproc}",
+           "trainer.accelerator=cpu", *overrides]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+def _check_synced_validation(run_dir: Path, dev: str, exact_rate: bool) -> dict:
+    """The dev metrics logged under DDP (each rank decodes half the set; counts summed across ranks) against the
+    rank-0 evaluation of the same final weights on the same set, decoded by one process."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    scalars = read_scalars(run_dir, "val/")
+    one = summary["sets"][dev]
+    logged = {k: scalars[f"val/{dev}/{k}"][-1][1] for k in ("n_utts", "ref_units", "sub", "del", "ins", "error_rate")}
+    assert logged["n_utts"] == one["n_utts"] == 8  # every dev utterance scored exactly once across the ranks
+    assert logged["ref_units"] == one["ref_units"]
+    if exact_rate:
+        assert [logged[k] for k in ("sub", "del", "ins")] == [one[k] for k in ("sub", "del", "ins")]
+        assert logged["error_rate"] == pytest.approx(one["error_rate"], abs=1e-6)
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 3 and not any(k.startswith("teacher") for k in ck["state_dict"])
+    return ck
+
+
+@pytest.mark.distributed
+def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
+    dev = str(tiny_corpus / "en_dev" / "manifest.jsonl")
+    cfg = _askd_cfg(tiny_corpus, tmp_path / "askd_ddp", trainer={"max_steps": 3, "val_every_n_steps": 3},
+                    data={"dev": [dev], "test": [dev]})
+    _torchrun(cfg, tmp_path)
+    run = tmp_path / "askd_ddp"
+    # Whisper's encoder sees fixed 30 s windows, so decoding does not depend on the batch: the synced WER is exact
+    _check_synced_validation(run, "en_dev", exact_rate=True)
+    # the DDP checkpoint resumes in one process (another world size): weights, optimizer and step carry over
+    from askd_whisper.run import fit
+
+    moved = tmp_path / "askd_1proc"
+    shutil.copytree(run, moved)
+    (moved / "summary.json").unlink()
+    cfg1 = _askd_cfg(tiny_corpus, moved, trainer={"max_steps": 5}, data={"dev": [], "test": []})
+    with pytest.warns(UserWarning, match="world size 2"):
+        assert fit(cfg1, resume=True)["steps"] == 5
+
+
+@pytest.mark.distributed
+def test_ddp_two_process_ark_fit(tiny_corpus, tmp_path):
+    dev = str(tiny_corpus / "en_dev" / "manifest.jsonl")
+    cfg = _ark_cfg(tiny_corpus, tmp_path / "ark_ddp", "sft", trainer={"max_steps": 3, "val_every_n_steps": 3},
+                   data={"dev": [dev], "test": [dev]})
+    _torchrun(cfg, tmp_path)
+    # a random-init LM's near-uniform logits make argmax sensitive to padding: counts are checked, not the rate
+    _check_synced_validation(tmp_path / "ark_ddp", "en_dev", exact_rate=False)
+    assert (tmp_path / "ark_ddp" / "student" / "ark_config.json").is_file()
+
+
+# -- signals -------------------------------------------------------------------------------------
+class _SignalAt(L.Callback):
+    """Send this process a real signal after optimizer step ``step`` (as a scheduler or `kill` would)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def teacher(whisper_tiny):
+    from common.teachers.whisper_teacher import WhisperTeacher
+
+    return WhisperTeacher(*whisper_tiny)
+
+
+def _state(run_dir: Path) -> dict:
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return {**ck["state_dict"], **{f"self_teacher.{k}": v for k, v in (ck["askd"]["self_teacher"] or {}).items()}}
+
+
+def test_signals_checkpoint_and_resume_to_the_same_weights(tiny_corpus, tmp_path, teacher):
+    """SIGTERM and SIGUSR1 mid-run each leave last.ckpt; --resume ends at the same weights as an uninterrupted run."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from askd_whisper.run import fit
+    from common.train import Preempted
+
+    fit(_askd_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
+    full = _state(tmp_path / "full")
+    for name, signum, exc in (("term", signal.SIGTERM, SIGTERMException), ("usr1", signal.SIGUSR1, Preempted)):
+        cfg = _askd_cfg(tiny_corpus, tmp_path / name)
+        with pytest.raises(exc) as info:
+            fit(cfg, teacher=teacher, callbacks=[_SignalAt(2, signum)])
+        if exc is Preempted:
+            assert info.value.code == 128 + signal.SIGUSR1
+        ck = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert 2 <= ck["global_step"] <= 3 and not (tmp_path / name / "summary.json").exists()
+        assert fit(cfg, resume=True, teacher=teacher)["steps"] == 6
+        resumed = _state(tmp_path / name)
+        assert resumed.keys() == full.keys()
+        for k in full:
+            torch.testing.assert_close(resumed[k], full[k], atol=0, rtol=0, msg=f"{name}: {k}")
+
+
+def test_resume_without_a_checkpoint_starts_the_run(tiny_corpus, tmp_path, teacher):
+    """A requeued job always passes --resume: with nothing to resume it starts from scratch."""
+    from askd_whisper.run import fit
+
+    assert fit(_askd_cfg(tiny_corpus, tmp_path / "new", trainer={"max_steps": 2}), resume=True, teacher=teacher)["steps"] == 2
+
+
+# -- teacher sharding (FSDP2 fully_shard works on CPU with gloo) -------------------------------------
+def _shard_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from common.train import shard_frozen
+    from common.whisper import load_whisper
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    from common.teachers.whisper_teacher import WhisperTeacher
+
+    t = WhisperTeacher(*load_whisper("bundled:tiny.en"))
+    batch = t.prepare([torch.sin(torch.arange(16000 * 2) / 7.0).numpy() * 0.1], ["en"])
+    targets = [t.encode_text("hello world", "en")]
+    ref = t.score(batch, targets, top_k=4)
+    local_before = sum(p.numel() for p in t.model.parameters())
+    n = shard_frozen(t.model)
+    sc = t.score(batch, targets, top_k=4)
+    local_after = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in t.model.parameters())
+    torch.save({"n": n, "before": local_before, "after": local_after, "ref": ref.topk_logprobs, "sharded": sc.topk_logprobs,
+                "ref_ids": ref.topk_ids, "ids": sc.topk_ids}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_sharded_teacher_scores_like_the_replicated_one(tmp_path, whisper_tiny):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_shard_worker, args=(_free_port(), str(tmp_path / "res")), nprocs=2)
+    for rank in (0, 1):
+        r = torch.load(f"{tmp_path / 'res'}.{rank}", weights_only=False)
+        assert r["n"] == 8  # tiny.en: 4 encoder + 4 decoder layers
+        assert r["after"] < 0.8 * r["before"]  # each rank holds half of every layer (embeddings stay whole)
+        assert torch.equal(r["ids"], r["ref_ids"])
+        torch.testing.assert_close(r["sharded"], r["ref"], atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
+    """Activation checkpointing recomputes exactly (same weights); accumulation counts optimizer steps."""
+    from ark_asr.run import fit
+    from common.train import enable_activation_checkpointing, layer_classes
+
+    base = dict(trainer={"max_steps": 2, "accumulate_grad_batches": 2}, data={"test": []})
+    plain = fit(_ark_cfg(tiny_corpus, tmp_path / "plain", "sft", **base))
+    ac = fit(_ark_cfg(tiny_corpus, tmp_path / "ac", "sft", **{**base, "trainer": {**base["trainer"], "activation_checkpointing": True}}))
+    assert plain["steps"] == ac["steps"] == 2
+    a = torch.load(tmp_path / "plain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(tmp_path / "ac" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert a["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4  # 2 steps x 2 batches
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-6, rtol=1e-5, msg=k)
+    # the layers FSDP wraps and checkpoints: the encoder's and the LM's transformer layers
+    from ark_asr.model import build_student
+    from test_ark import _model_cfg
+
+    names = {c.__name__ for c in layer_classes(build_student(_model_cfg()))}
+    assert {"WhisperEncoderLayer", "Qwen3DecoderLayer"} <= names
+    assert enable_activation_checkpointing(build_student(_model_cfg())) >= 1
