@@ -75,6 +75,9 @@ class OPDConfig:
     """Sampling temperature (rollout=sample)."""
     max_new_tokens: int = 64
     """Rollout length limit."""
+    dump_every: int = 50
+    """Every this many steps (and at step 1), rank 0 writes the batch's per-position diagnostics - |U_t|, |S_t ∩ K_t|,
+    teacher mass on S ∩ K, per-token KL, tokens - to RUN/diagnostics/opd_stepNNNNNNN.npz (0: never)."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.tau <= 0 or self.max_new_tokens < 1:

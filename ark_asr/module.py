@@ -9,6 +9,7 @@ U_t = S_t ∪ K_t, student logits taken only at U_t. The teacher is frozen and n
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -112,6 +113,9 @@ class ArkModule(L.LightningModule):
         zS = s.logits_at(hidden, U.clamp(min=0))  # (B, T, |U|) student logits only at the candidates
         loss = union_topk_kl(zS, lpT, cand, mask, o.tau, o.direction, o.jsd_beta)
         logs = self.opd_diagnostics(S, K, cand & torch.isfinite(lpT), mask, sc, T)
+        trainer = self._trainer  # None outside a Trainer (unit tests call the step directly)
+        if o.dump_every and self.global_step % o.dump_every == 0 and trainer is not None and trainer.is_global_zero:
+            self.dump_positions(S, K, U, cand & torch.isfinite(lpT), mask, zS, lpT, cand, sc, tgt, texts, batch)
         logs.update(time_rollout=t1 - t0, time_teacher=t2 - t1, time_rescore_loss=time.perf_counter() - t2)
         logs.update(opd_loss=loss, rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
                     empty_rollouts=float(sum(empty)), stopped_ratio=float(sum(roll["stopped"])) / len(texts),
@@ -129,6 +133,28 @@ class ArkModule(L.LightningModule):
         overlap = (in_k.sum(-1).float() * m).sum() / n / self.cfg.opd.top_k
         mass = ((sc.topk_logprobs[:, :T].to(m.device).exp() * in_k).sum(-1) * m).sum() / n
         return {"vuss": vuss, "overlap_ratio": overlap, "teacher_mass_overlap": mass}
+
+    @torch.no_grad()
+    def dump_positions(self, S, K, U, finite_cand, mask, zS, lpT, cand, sc, tgt, texts, batch) -> None:
+        """Per-position OPD diagnostics of this batch, for notebooks (02_opd_diagnostics): an .npz in RUN/diagnostics."""
+        import numpy as np
+
+        from common.io import atomic_write_bytes
+
+        o, T = self.cfg.opd, tgt.shape[1]
+        per_kl = union_topk_kl(zS.detach(), lpT, cand, mask, o.tau, o.direction, o.jsd_beta, reduction="none")
+        inter = ((S[..., :, None] == K[..., None, :]) & (K[..., None, :] >= 0)).any(-2)  # (B, T, k)
+        arrays = {
+            "mask": mask.cpu().numpy(), "n_union": finite_cand.sum(-1).cpu().numpy(),
+            "n_overlap": inter.sum(-1).cpu().numpy(), "kl": per_kl.float().cpu().numpy(),
+            "teacher_mass_overlap": (sc.topk_logprobs[:, :T].to(inter.device).exp() * inter).sum(-1).float().cpu().numpy(),
+            "student_tokens": tgt.cpu().numpy(), "top_k": np.array(o.top_k), "step": np.array(self.global_step),
+            "texts": np.array(texts), "references": np.array(batch["texts"]), "ids": np.array(batch["ids"]),
+        }
+        buf = __import__("io").BytesIO()
+        np.savez_compressed(buf, **arrays)
+        out = Path(self.trainer.default_root_dir) / "diagnostics" / f"opd_step{self.global_step:07d}.npz"
+        atomic_write_bytes(out, buf.getvalue())
 
     # -- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:

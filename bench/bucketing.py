@@ -47,6 +47,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, n, r, nr, b, nb in rows:
         print(f"| {name} | {n} | {100 * r:.1f} % | {nr} | {100 * b:.1f} % | {nb} | {b / r:.2f} |")
+        print(f"ratio: padding, bucketed / random ({name}) = {b / r:.3f} (lower is better)")
 
 
 if __name__ == "__main__":

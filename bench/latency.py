@@ -85,6 +85,8 @@ def main() -> None:
     for name, secs, r in rows:
         print(f"| {name} | {r['encoder']:.3f} | {r['dec_teacher']:.3f} | {r['dec_student']:.3f} | {r['teacher'] / r['student']:.2f}x | "
               f"{r['dec_teacher'] / r['dec_student']:.2f}x | {r['teacher'] / secs:.4f} | {r['student'] / secs:.4f} |")
+    for name, secs, r in rows:
+        print(f"ratio: ASKD latency, teacher / student total ({name}, {a.device}) = {r['teacher'] / r['student']:.2f} (paper ~5, GPU)")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def main() -> None:
     for wgrad, label in ((False, "loss path (grad w.r.t. hidden states)"), (True, "+ LM-head weight gradient (V x d, both paths)")):
         n, o = res[("naive", wgrad)], res[("ours", wgrad)]
         print(f"| {label} | {n:.0f} | {o:.0f} | {o / n:.3f} |")
+        print(f"ratio: OPD loss peak memory, union top-k / full-vocab ({label}) = {o / n:.3f} (lower is better)")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def main() -> None:
         print(f"| {k} | {med[k]:.3f} | {100 * med[k] / med['opd']:.0f} % |")
     print(f"| OPD step | {med['opd']:.3f} | 100 % |\n| SFT step (forward+backward) | {med['sft']:.3f} | |")
     print(f"OPD-step / SFT-step = {med['opd'] / med['sft']:.2f}")
+    print(f"ratio: OPD step / SFT step time = {med['opd'] / med['sft']:.2f} (goal <= 4)")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,50 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from common.data.recipes import prepare
+
+    out = prepare(args.corpus, args.corpus_dir, args.out, shar=args.shar, shar_shard_size=args.shar_shard_size,
+                  annotations_dir=args.annotations_dir, parts=args.parts.split(",") if args.parts else None)
+    print(f"{len(out)} set(s) in {args.out}; use them as data.train/dev/test entries, e.g. {next(iter(out.values()))}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from common.config import load
+    from common.sweep import SweepConfig, run_local, run_slurm
+
+    cfg = load(SweepConfig, args.file, list(args.overrides))
+    status = (run_slurm if args.launcher == "slurm" else run_local)(cfg, dry_run=args.dry_run)
+    failed = [k for k, v in status.items() if v.startswith("failed")]
+    print(f"sweep {cfg.name}: " + ", ".join(f"{v}: {sum(1 for x in status.values() if x == v)}" for v in sorted(set(status.values()))))
+    if not args.dry_run and args.launcher == "local":
+        print(f"ablation table: asr-distill table --sweep {cfg.out_dir}")
+    return 1 if failed else 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from common.io import atomic_write_text
+    from common.table import build_table, run_row, to_latex, to_markdown
+
+    rows = []
+    if args.sweep:
+        from common.sweep import sweep_rows
+
+        rows += sweep_rows(args.sweep, args.bootstrap, args.seed)
+    rows += [run_row(r, None, args.bootstrap, args.seed) for r in args.runs]
+    if not rows:
+        raise ValueError("nothing to tabulate: give run directories and/or --sweep DIR")
+    table = build_table(rows, args.paper, ci=args.bootstrap > 0)
+    md = to_markdown(table)
+    print(md)
+    if args.out:
+        atomic_write_text(Path(args.out), md)
+        atomic_write_text(Path(args.out).with_suffix(".tex"), to_latex(table))
+        print(f"written {args.out} and {Path(args.out).with_suffix('.tex')}")
+    return 0
+
+
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from common.config import load
     from common.teachers.cache import CacheConfig, build_cache
@@ -163,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. decoding.num_beams=4")
     ev.set_defaults(func=cmd_evaluate)
 
-    data = sub.add_parser("data", help="corpus tools: synth, validate")
+    data = sub.add_parser("data", help="corpus tools: synth, validate, prepare")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     sy = dsub.add_parser("synth", help="synthesise the embedded English/Mandarin corpus with espeak-ng (cached)")
     sy.add_argument("-c", "--config", help="YAML config (common.data.synth.SynthConfig)")
@@ -175,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--decode", action="store_true", help="also decode every file completely")
     va.add_argument("--max-problems", type=int, default=20, help="problems listed per manifest")
     va.set_defaults(func=cmd_data_validate)
+
+    pr = dsub.add_parser("prepare", help="a corpus on disk -> Lhotse cut manifests per part (+ Shar), via Lhotse's recipes")
+    pr.add_argument("corpus", choices=["librispeech", "aishell1", "wenetspeech", "ami"])
+    pr.add_argument("--corpus-dir", required=True, help="the corpus root (LibriSpeech/, data_aishell's parent, WenetSpeech.json's folder, AMI wav dir)")
+    pr.add_argument("--out", required=True, help="output folder: OUT/<corpus>_<part>/cuts.jsonl.gz")
+    pr.add_argument("--shar", action="store_true", help="also write Lhotse Shar shards with FLAC audio (OUT/<set>/shar)")
+    pr.add_argument("--shar-shard-size", type=int, default=1000, help="cuts per Shar shard")
+    pr.add_argument("--parts", help="comma-separated parts (LibriSpeech: test-clean,...; WenetSpeech: TEST_NET,TEST_MEETING,DEV,L)")
+    pr.add_argument("--annotations-dir", help="AMI only: the manual annotations folder")
+    pr.set_defaults(func=cmd_data_prepare)
+
+    sw = sub.add_parser("sweep", help="run an ablation sweep (configs/sweeps/*.yaml) here or as a SLURM array")
+    sw.add_argument("file", help="sweep YAML (common.sweep.SweepConfig)")
+    sw.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    sw.add_argument("--dry-run", action="store_true", help="print the runs (and the sbatch script) without running")
+    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sweep-file overrides, e.g. out_dir=runs/x slurm.partition=gpu")
+    sw.set_defaults(func=cmd_sweep)
+
+    tb = sub.add_parser("table", help="markdown + LaTeX table with 95%% bootstrap CIs from run directories or a sweep")
+    tb.add_argument("runs", nargs="*", help="run directories (training runs or evaluations); a row each, named after the folder")
+    tb.add_argument("--sweep", help="a sweep directory (with sweep.json): one row per run, knob values as columns")
+    tb.add_argument("--paper", choices=["ark_table1", "askd"], help="put the paper's own numbers beside ours")
+    tb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--out", help="write the markdown here and the LaTeX beside it (.tex)")
+    tb.set_defaults(func=cmd_table)
 
     ct = sub.add_parser("cache-teacher", help="store a teacher's transcripts and top-k log-probs for a manifest (resumable)")
     ct.add_argument("-c", "--config", help="YAML config (common.teachers.cache.CacheConfig)")
@@ -207,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     from common.audio import AudioError
     from common.data.manifests import ManifestError
     from common.io import RunDirExistsError
+    from common.runs import RunError
     from common.teachers.cache import CacheMismatchError
 
     try:
         return int(args.func(args) or 0)
-    except (ValueError, ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError) as err:
+    except (ValueError, ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError,
+            RunError) as err:
         if os.environ.get("ASR_DISTILL_DEBUG"):
             raise
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)

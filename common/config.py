@@ -137,8 +137,30 @@ def from_dict(schema: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"config '{where}': {err}") from err
 
 
+def _read_with_bases(p: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """A YAML file as an OmegaConf node; a top-level ``_base_: OTHER.yaml`` (relative to the file) is read first and
+    this file's values are merged over it (dicts merge key by key, lists and scalars replace)."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (f" (the _base_ of {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise ConfigError(f"config file {p}: _base_ cycle ({' -> '.join(str(c) for c in chain)})")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid UTF-8 YAML: {first}") from err
+    raw = raw or {}
+    base_ref = raw.pop("_base_", None) if isinstance(raw, dict) else None
+    node = OmegaConf.create(raw)
+    if base_ref is None:
+        return node
+    return OmegaConf.merge(_read_with_bases(p.parent / str(base_ref), chain + (p.resolve(),)), node)
+
+
 def load(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Load ``schema`` from a YAML file (optional) and ``key=value`` dotlist overrides.
+
+    A file may start from another: ``_base_: ../ark_asr/opd.yaml`` (relative to the file), then override keys.
 
     Overrides are parsed as YAML scalars (``trainer.max_steps=10``, ``data.shuffle=false``,
     ``teacher.name=null``, ``sets=[a,b]``).
@@ -149,12 +171,7 @@ def load(schema: type[T], path: str | Path | None = None, overrides: Sequence[st
             p = Path(path)
             if not p.is_file():
                 raise ConfigError(f"config file not found: {p}")
-            try:
-                raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, yaml.YAMLError) as err:
-                first = str(err).splitlines()[0]
-                raise ConfigError(f"config file {p} is not valid UTF-8 YAML: {first}") from err
-            base = OmegaConf.create(raw or {})
+            base = _read_with_bases(p)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override '{item}' is not of the form key=value")

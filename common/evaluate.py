@@ -57,6 +57,9 @@ class EvalConfig:
     """Run directory (refused if it exists, unless --overwrite)."""
     model: str = "bundled:tiny.en"
     """bundled:tiny.en, a local HF/asr-distill model directory, or a hub id."""
+    kind: Literal["auto", "whisper", "qwen3_asr"] = "auto"
+    """Model family; auto: Qwen3-ASR when the name or the directory's config says so, else Whisper (saved Ark-ASR
+    students are recognised by the CLI from their ark_config.json)."""
     sets: list[str] = field(default_factory=list)
     """Test manifests; each set is named after its manifest's parent folder."""
     decoding: DecodeConfig = field(default_factory=DecodeConfig)
@@ -107,9 +110,41 @@ class WhisperTranscriber:
         return [t.strip() for t in self.processor.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
 
 
-def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32") -> Transcriber:
-    """A transcriber for any Whisper (bundled, local directory or hub id). Other model families pass their own
-    transcriber to :func:`run_evaluation` (the CLI does that for Ark-ASR student directories)."""
+class TeacherTranscriber:
+    """A frozen teacher (``common.teachers``, e.g. Qwen3-ASR) as a transcriber: it computes its own features from the
+    waveforms and decodes with its own ``generate`` (language forced from the set's language)."""
+
+    def __init__(self, teacher, name: str) -> None:
+        self.teacher, self.name = teacher, name
+
+    def collate(self, audios, texts, languages) -> dict[str, Any]:
+        return {}  # the dataset passes the waveforms on as batch["audios"]
+
+    @torch.no_grad()
+    def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]:
+        prepared = self.teacher.prepare(batch["audios"], batch["languages"])
+        return [t.strip() for t in self.teacher.generate(prepared, max_new_tokens=decoding.max_new_tokens,
+                                                         num_beams=decoding.num_beams).texts]
+
+
+def model_kind(model: str) -> str:
+    """whisper | qwen3_asr for a model name or directory."""
+    cfg = Path(model) / "config.json"
+    if cfg.is_file():
+        import json
+
+        return "qwen3_asr" if "qwen3_asr" in json.loads(cfg.read_text()).get("model_type", "") else "whisper"
+    return "qwen3_asr" if "qwen3-asr" in model.lower() else "whisper"
+
+
+def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32", kind: str = "auto") -> Transcriber:
+    """A transcriber for any Whisper (bundled, local directory or hub id) or Qwen3-ASR checkpoint. Other model
+    families pass their own transcriber to :func:`run_evaluation` (the CLI does that for Ark-ASR students)."""
+    kind = model_kind(model) if kind == "auto" else kind
+    if kind == "qwen3_asr":
+        from common.teachers.qwen3_asr import Qwen3ASRTeacher
+
+        return TeacherTranscriber(Qwen3ASRTeacher.from_pretrained(model, device, DTYPES[dtype]), name=model)
     from common.whisper import load_whisper
 
     m, proc = load_whisper(model, device=device, dtype=DTYPES[dtype])
@@ -181,7 +216,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, transcriber: Option
     out = prepare_run_dir(Path(cfg.out_dir), overwrite=overwrite)
     save_yaml(cfg, out / "config.yaml")
     t0 = time.time()
-    transcriber = transcriber or load_transcriber(cfg.model, cfg.device, cfg.dtype)
+    transcriber = transcriber or load_transcriber(cfg.model, cfg.device, cfg.dtype, cfg.kind)
     summary: dict[str, Any] = {"model": cfg.model, "sets": {}}
     for name, (cuts, report) in sets.items():
         row = evaluate_set(transcriber, cuts, cfg, name, out)

@@ -90,6 +90,7 @@ def union_topk_kl(
     tau: float = 1.0,
     direction: Direction = "forward",
     beta: float = 0.5,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> torch.Tensor:
     """Ark-ASR on-policy distillation loss over a per-position candidate set U_t (arXiv 2605.28139, sec. 3).
 
@@ -101,6 +102,7 @@ def union_topk_kl(
         reverse:  L = (1/|T|) sum_t tau^2 sum_v q_S (log q_S - log q_T)
         jsd:      L = (1/|T|) sum_t tau^2 [beta KL(q_T || M) + (1 - beta) KL(q_S || M)],  M = beta q_T + (1 - beta) q_S
     |T| = number of kept positions. Forward gradient w.r.t. z_S on U_t: (tau / |T|) (q_S - q_T).
+    ``reduction="none"``: the per-position terms tau^2 KL_t as (B, T), zero where a position is not kept.
     """
     cm = cand_mask & torch.isfinite(teacher_cand_values)
     keep = mask & (cm.sum(-1) >= 2)
@@ -121,6 +123,8 @@ def union_topk_kl(
         per = beta * torch.where(cm, qt * (lt - lm), zero).sum(-1) + (1 - beta) * torch.where(cm, qs * (ls - lm), zero).sum(-1)
     else:
         raise ValueError(f"unknown direction {direction!r} (forward, reverse, jsd)")
+    if reduction == "none":
+        return torch.where(keep, per * tau**2, torch.zeros_like(per))
     return _token_mean(per * tau**2, keep)
 
 

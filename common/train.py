@@ -157,7 +157,7 @@ class ValidationLog:
                 module.log(f"val/{name}/{key}", r[key].float())
             m.reset()
         samples, self.samples = self.samples, []
-        if not samples or module.trainer is None or not module.trainer.is_global_zero:
+        if not samples or module._trainer is None or not module._trainer.is_global_zero:
             return
         tb = getattr(module.logger, "experiment", None)
         if tb is None or not hasattr(tb, "add_text"):
@@ -278,33 +278,45 @@ class PreemptionCheckpoint(L.Callback):
     the decision is all-reduced), ``run_fit`` writes ``last.ckpt`` and raises :class:`Preempted`. Checkpoints are
     taken after the whole step, module hooks (EMA self-teacher) included, so resuming is exact."""
 
+    SIGNALS = ("SIGUSR1", "SIGUSR2")  # SIGUSR2: submitit's pre-timeout signal in sweeps (its requeue runs after our save)
+
     def __init__(self, ckpt_path: Path) -> None:
         self.path = Path(ckpt_path)
         self.received: Optional[int] = None
         self.stopped_at: Optional[int] = None
-        self._previous: Any = None
+        self.deferred: Optional[Callable[[], None]] = None
+        self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if os.name == "nt":  # pragma: no cover
             return
-        self._previous = signal.getsignal(signal.SIGUSR1)
 
         def handler(signum, frame):
-            self.received = signum
-            if callable(self._previous):
-                self._previous(signum, frame)
+            self.received = signum  # acted on after the current step; earlier handlers run then (deferred_handler)
 
-        signal.signal(signal.SIGUSR1, handler)
+        for name in self.SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+
+    def deferred_handler(self) -> Optional[Callable[[], None]]:
+        """The handler that was installed before ours for the received signal (Lightning's SLURM requeue, submitit's
+        checkpoint-and-requeue), to run once last.ckpt is written."""
+        prev = self._previous.get(self.received) if self.received else None
+        if callable(prev) and prev not in (signal.SIG_IGN, signal.SIG_DFL):
+            return lambda: prev(self.received, None)
+        return None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-            self._previous = None
+        for signum, prev in self._previous.items():
+            signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             trainer.should_stop = True  # the loop ends after this step; run_fit writes last.ckpt and raises Preempted
             self.stopped_at = trainer.global_step
+            self.deferred = self.deferred_handler()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -396,6 +408,8 @@ def run_fit(cfg: Any, build: Callable[[], tuple[L.LightningModule, Any, dict]], 
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     preempt = next(c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
     if preempt.stopped_at is not None:
+        if preempt.deferred is not None:  # e.g. submitit / Lightning requeue the job now that the checkpoint exists
+            preempt.deferred()
         raise Preempted(preempt.received or signal.SIGUSR1, trainer.global_step, preempt.path)
     world = trainer.world_size
     _leave_process_group()  # the rest runs on rank 0 alone
@@ -458,7 +472,11 @@ def method_of(path: str | Path | None, overrides: list[str]) -> str:
             return o.split("=", 1)[1]
     if path is None:
         raise ValueError("fit needs -c CONFIG (with a 'method:' key)")
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    from omegaconf import OmegaConf
+
+    from common.config import _read_with_bases
+
+    data = OmegaConf.to_container(_read_with_bases(Path(path)))  # follows _base_
     method = data.get("method") if isinstance(data, dict) else None
     if method not in ("askd_whisper", "ark_asr"):
         raise ValueError(f"config {path}: 'method' must be askd_whisper or ark_asr, got {method!r}")

@@ -70,6 +70,25 @@ class DataConfig:
             raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
 
 
+def cut_audio(cut) -> "np.ndarray":
+    """A cut's audio, mono float32 at 16 kHz: files through :func:`common.audio.load_audio`; other sources (Lhotse
+    Shar shards, in-memory audio) through Lhotse, then down-mixed and resampled. Failures are ``AudioError``s."""
+    src = cut.recording.sources[0]
+    if src.type == "file":
+        return load_audio(src.source, offset=cut.start, duration=cut.duration)
+    from common.audio import TARGET_SR, resample
+
+    try:
+        audio = cut.load_audio()
+    except Exception as err:  # lhotse raises many types for a corrupt shard member
+        raise AudioError(f"{cut.id}: cannot decode its {src.type} audio: {err}") from None
+    audio = np.asarray(audio, dtype=np.float32)
+    audio = audio.mean(0) if audio.ndim == 2 else audio
+    if audio.size == 0:
+        raise AudioError(f"{cut.id}: empty audio")
+    return resample(audio, cut.sampling_rate, TARGET_SR) if cut.sampling_rate != TARGET_SR else audio
+
+
 class AsrDataset(torch.utils.data.Dataset):
     """Map a ``CutSet`` batch (from a Lhotse sampler) to the collator's tensors plus metadata."""
 
@@ -80,9 +99,8 @@ class AsrDataset(torch.utils.data.Dataset):
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
         audios, texts, langs, ids, durations, skipped = [], [], [], [], [], []
         for cut in cuts:
-            src = cut.recording.sources[0].source
             try:
-                audio = load_audio(src, offset=cut.start, duration=cut.duration)
+                audio = cut_audio(cut)
             except AudioError as err:
                 if self.policy == "error":
                     raise

@@ -9,6 +9,8 @@ Formats (``load_manifest`` picks one from the path):
 * Hugging Face ``datasets``: ``hf:NAME_OR_PATH[:SPLIT]`` or :func:`from_hf_dataset`; the audio column
   is read with ``Audio(decode=False)`` and decoded by soundfile.
 * Kaldi data directory: ``wav.scp`` (plain paths), ``text``, optional ``segments`` and ``utt2lang``.
+* Lhotse Shar: ``shar:DIR`` (written by ``asr-distill data prepare --shar``); text and language are checked up
+  front, the audio (inside the shards) when it is loaded, under the same bad-sample policy.
 
 Every row is checked when the manifest is read: missing file, unreadable header, zero-length audio,
 empty or non-UTF-8 text, a declared duration or sample rate that disagrees with the file, a segment
@@ -27,6 +29,7 @@ from typing import Any, Iterable, Literal
 
 from lhotse import CutSet, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
+from lhotse.utils import fastcopy
 
 from common.audio import AudioError, audio_info
 from common.text import detect_language
@@ -244,6 +247,35 @@ def from_lhotse(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cu
     return _finish(cuts, report, policy)
 
 
+def from_shar(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutSet, ValidationReport]:
+    """A Lhotse Shar directory (cuts + audio shards). The cuts keep their Shar audio; ``AsrDataset`` decodes it."""
+    path = Path(path)
+    if not path.is_dir() or not any(path.glob("cuts.*.jsonl*")):
+        raise ManifestError(f"{path}: not a Lhotse Shar directory (no cuts.NNNNNN.jsonl.gz shards)")
+    report = ValidationReport(f"shar:{path}")
+    cuts = []
+    for cut in CutSet.from_shar(in_dir=path):
+        report.n_rows += 1
+        src = f"shar:{path}:{cut.id}"
+        sup = cut.supervisions[0] if cut.supervisions else None
+        text = _check_text(sup.text if sup else None, src, report)
+        if text is None:
+            continue
+        language = normalise_language(sup.language, text)
+        if language is None:
+            report.problems.append(Problem(src, "bad_language", f"unknown language {sup.language!r}"))
+            continue
+        if cut.duration <= 0:
+            report.problems.append(Problem(src, "empty_audio", "zero-length cut"))
+            continue
+        cut.supervisions = [fastcopy(sup, text=text, language=language)]
+        report.n_ok += 1
+        report.total_seconds += cut.duration
+        report.sample_rates[cut.sampling_rate] = report.sample_rates.get(cut.sampling_rate, 0) + 1
+        cuts.append(cut)
+    return _finish(cuts, report, policy)
+
+
 def from_kaldi_dir(path: str | Path, policy: BadSamplePolicy = "error", language: str | None = None) -> tuple[CutSet, ValidationReport]:
     """A Kaldi data directory: ``wav.scp`` (``rec_id path``), ``text`` (``utt_id words``), optional
     ``segments`` (``utt_id rec_id start end``) and ``utt2lang``."""
@@ -342,6 +374,8 @@ def from_hf_dataset(
 def load_manifest(spec: str | Path, policy: BadSamplePolicy = "error", cache_dir: str | Path | None = None) -> tuple[CutSet, ValidationReport]:
     """Read any supported manifest (format chosen from ``spec``); see the module doc."""
     s = str(spec)
+    if s.startswith("shar:"):
+        return from_shar(s[len("shar:"):], policy)
     if s.startswith("hf:"):
         from datasets import load_dataset, load_from_disk
 
@@ -379,7 +413,9 @@ def _looks_like_lhotse(p: Path) -> bool:
 
 def set_name(spec: str | Path) -> str:
     """A test-set name for a manifest: its parent folder (or the directory itself)."""
-    p = Path(str(spec).removeprefix("hf:"))
+    p = Path(str(spec).removeprefix("hf:").removeprefix("shar:"))
+    if str(spec).startswith("shar:") and p.name == "shar":
+        return p.parent.name
     if p.is_dir():
         return p.name
     return p.parent.name or p.stem

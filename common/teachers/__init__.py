@@ -48,4 +48,11 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
 
 
 def _load_device(cfg: TeacherConfig) -> str:
-    return "cpu" if cfg.device == "auto" else cfg.device
+    """auto: the GPU in a single process; CPU first under a multi-process launch (each rank's trainer then moves it to
+    that rank's device), so that no two ranks ever load a teacher onto the same GPU."""
+    if cfg.device != "auto":
+        return cfg.device
+    import os
+
+    multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1
+    return "cuda" if torch.cuda.is_available() and not multi else "cpu"
