@@ -142,21 +142,24 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def load_experiment(path: str | Path, overrides: list[str]):
+    """An experiment config (``method: askd_whisper | ark_asr``) and the method's ``fit``."""
     from common.config import load
     from common.train import method_of
 
-    method = method_of(args.config, list(args.overrides))
-    if method == "askd_whisper":
+    if method_of(path, overrides) == "askd_whisper":
         from askd_whisper.config import AskdConfig
         from askd_whisper.run import fit
 
-        cfg = load(AskdConfig, args.config, list(args.overrides))
-    else:
-        from ark_asr.config import ArkConfig
-        from ark_asr.run import fit
+        return load(AskdConfig, path, overrides), fit
+    from ark_asr.config import ArkConfig
+    from ark_asr.run import fit
 
-        cfg = load(ArkConfig, args.config, list(args.overrides))
+    return load(ArkConfig, path, overrides), fit
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    cfg, fit = load_experiment(args.config, list(args.overrides))
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from common.train import Preempted

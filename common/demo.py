@@ -1,40 +1,147 @@
-"""``make demo``: the main job on the embedded default corpus.
+"""``make demo`` / ``asr-distill demo``: both methods end to end on the embedded default, on a CPU.
 
-Stages (each reused when its output is complete, so a second run is fast):
-1. synthesise the English/Mandarin corpus with espeak-ng (cached by its arguments);
-2. evaluate the bundled real Whisper tiny.en on the synthetic English dev and test sets;
-3. print and write the results table.
+Stages (``configs/demo/``; each is a run directory under ``--out`` and is reused when finished, so a second run only
+rebuilds the tables):
+ 1. corpus: English espeak-ng speech, 400 train / 100 test utterances (cached by its arguments);
+ 2. teacher: the bundled real Whisper tiny.en evaluated on the test set;
+ 3. teacher cache: tiny.en's transcripts + top-k on the train set (Distil-Whisper pseudo-labels, Ark TD labels);
+ 4. ASKD-Whisper: 2-decoder-layer students of tiny.en - CE only, Distil-Whisper-style, ASKD; teacher/student latency;
+ 5. Ark-ASR: Ark-Base (SFT), + OPD, + TD, + TD + OPD, with tiny.en as the OPD teacher;
+ 6. the two tables (95 % bootstrap intervals), printed and written to OUT/results.md (+ results.tex).
+
+This is an entry point like ``common.cli``: it dispatches to both methods (library code in ``common`` never does).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
-from common.io import atomic_write_text, is_complete
+from common.io import atomic_write_json, atomic_write_text, is_complete
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
 def default_corpus_dir() -> Path:
     from common.whisper import cache_root
 
-    return cache_root() / "synth" / "default"
+    return cache_root() / "synth" / "demo"
 
 
-def run_demo(out: Path, corpus_dir: Path | None = None) -> str:
+class _Stages:
+    def __init__(self, out: Path, log: Callable[[str], None]) -> None:
+        self.out, self.log, self.timings = out, log, {}
+
+    def run(self, name: str, done: bool, fn: Callable[[], object]) -> None:
+        if done:
+            self.log(f"[demo] {name}: finished earlier, reused")
+            return
+        self.log(f"[demo] {name} ...")
+        t0 = time.time()
+        fn()
+        self.timings[name] = round(time.time() - t0, 1)
+        self.log(f"[demo] {name}: done in {self.timings[name]:.0f} s")
+
+
+def _fit(config: str, overrides: list[str]) -> dict:
+    from common.cli import load_experiment
+
+    cfg, fit = load_experiment(CONFIGS / config, overrides)
+    return fit(cfg, resume=True)
+
+
+def _latency(test_manifest: str) -> dict:
+    """tiny.en (4 decoder layers) vs its 2-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
+    import torch
+
+    from askd_whisper.latency import measure
+    from askd_whisper.student import build_student
+    from common.data.manifests import load_manifest
+    from common.data.datamodule import cut_audio
+    from common.whisper import load_whisper
+
+    teacher, proc = load_whisper("bundled:tiny.en")
+    student = build_student(teacher, 2).eval()
+    cut = next(iter(load_manifest(test_manifest)[0]))
+    feats = proc.feature_extractor(cut_audio(cut), sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        r = measure(teacher.eval(), student, feats, n_tokens=32, repeats=3)
+    return {**r, "ratio": r["teacher"] / r["student"], "decode_ratio": r["dec_teacher"] / r["dec_student"],
+            "audio_seconds": cut.duration, "threads": torch.get_num_threads()}
+
+
+def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print) -> str:
+    from common.config import load
     from common.data.synth import SynthConfig, synthesize_corpus
-    from common.evaluate import EvalConfig, markdown_table, run_evaluation
+    from common.evaluate import DecodeConfig, EvalConfig, run_evaluation
+    from common.table import build_table, run_row, to_latex, to_markdown
+    from common.teachers.cache import CacheConfig, build_cache
 
-    corpus = synthesize_corpus(SynthConfig(out_dir=str(corpus_dir or default_corpus_dir())))
+    t_start = time.time()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ev_dir = out / "eval_teacher_tiny.en"
-    if is_complete(ev_dir):
-        summary = json.loads((ev_dir / "summary.json").read_text())
-        print(f"[demo] reusing finished stage {ev_dir}")
-    else:
-        cfg = EvalConfig(out_dir=str(ev_dir), model="bundled:tiny.en", sets=[str(corpus / "en_dev" / "manifest.jsonl"), str(corpus / "en_test" / "manifest.jsonl")])
-        summary = run_evaluation(cfg, overwrite=True)
-    table = "## Whisper tiny.en (bundled, real weights) on the synthetic English corpus\n\n" + markdown_table(summary, "tiny.en")
-    atomic_write_text(out / "results.md", table)
-    print(table)
-    print(f"results written to {out / 'results.md'}")
-    return table
+    st = _Stages(out, log)
+    corpus_dir = Path(corpus_dir or default_corpus_dir())
+    corpus: list[Path] = []
+    st.run("corpus (espeak-ng)", False, lambda: corpus.append(synthesize_corpus(load(SynthConfig, CONFIGS / "synth.yaml",
+                                                                                      [f"out_dir={corpus_dir}"]))))
+    train, test = (str(corpus[0] / s / "manifest.jsonl") for s in ("en_train", "en_test"))
+    data = [f"data.train=[{train}]", f"data.test=[{test}]"]
+
+    teacher_dir = out / "teacher_tiny.en"
+    st.run("teacher: Whisper tiny.en on the test set", is_complete(teacher_dir), lambda: run_evaluation(
+        EvalConfig(out_dir=str(teacher_dir), model="bundled:tiny.en", sets=[test], decoding=DecodeConfig(max_new_tokens=48)),
+        overwrite=True))
+    cache = out / "teacher_cache"
+    cache_done = (cache / "index.json").is_file() and json.loads((cache / "index.json").read_text()).get("complete", False)
+    st.run("teacher cache (tiny.en transcripts + top-8 on the train set)", cache_done, lambda: build_cache(
+        load(CacheConfig, CONFIGS / "teacher_cache.yaml", [f"manifest={train}", f"out_dir={cache}"])))
+
+    askd = {"ce_only": "student, CE only", "distil_whisper": "student, Distil-Whisper-style", "askd": "student, ASKD"}
+    for name in askd:
+        extra = [f"teacher_cache={cache}"] if name == "distil_whisper" else []
+        st.run(f"ASKD-Whisper: {askd[name]}", is_complete(out / f"askd_{name}"),
+               lambda n=name, e=extra: _fit(f"askd_{n}.yaml", data + e + [f"run_dir={out / f'askd_{n}'}"]))
+    lat_file = out / "latency.json"
+    st.run("ASKD-Whisper: teacher/student latency", lat_file.is_file(), lambda: atomic_write_json(lat_file, _latency(test)))
+
+    ark = [("ark_base_sft", "ark_sft.yaml", []), ("ark_base_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_sft'}"]),
+           ("ark_base_td", "ark_td.yaml", [f"model.init_from={out / 'ark_base_sft'}", f"teacher_cache={cache}"]),
+           ("ark_base_td_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_td'}"])]
+    for run, config, extra in ark:
+        st.run(f"Ark-ASR: {run}", is_complete(out / run),
+               lambda r=run, c=config, e=extra: _fit(c, data + e + [f"run_dir={out / r}"]))
+
+    # -- tables ---------------------------------------------------------------------------------------
+    lat = json.loads(lat_file.read_text())
+    rows_a = [run_row(teacher_dir, "teacher: Whisper tiny.en")]
+    rows_a[0].extra = {"decoder layers": "4", "latency vs teacher": "1.00x"}
+    for name, label in askd.items():
+        r = run_row(out / f"askd_{name}", label)
+        r.extra = {"decoder layers": "2", "latency vs teacher": f"{1 / lat['ratio']:.2f}x"}
+        rows_a.append(r)
+    labels = {"ark_base_sft": "Ark-Base (SFT)", "ark_base_opd": "Ark-Base + OPD", "ark_base_td": "Ark-Base + TD",
+              "ark_base_td_opd": "Ark-Base + TD + OPD"}
+    rows_b = [run_row(out / run, labels[run]) for run, _, _ in ark] + [run_row(teacher_dir, "teacher: Whisper tiny.en")]
+    for r, (run, _, _) in zip(rows_b, ark):
+        s = json.loads((out / run / "summary.json").read_text())
+        r.extra = {"steps": str(s["steps"])}
+    rows_b[-1].extra = {"steps": "-"}
+    ta, tb = build_table(rows_a), build_table(rows_b)
+    md = ("# asr-distill demo (CPU, synthetic English speech, bundled real Whisper tiny.en teacher)\n\n"
+          "## ASKD-Whisper: tiny.en -> 2 decoder layers\n\n" + to_markdown(ta) +
+          f"\nLatency: batch 1, greedy, 32 tokens, {lat['audio_seconds']:.1f} s clip, CPU, {lat['threads']} threads: teacher "
+          f"{lat['teacher']:.3f} s, student {lat['student']:.3f} s (teacher/student {lat['ratio']:.2f}x total, "
+          f"{lat['decode_ratio']:.2f}x decoding only).\n\n"
+          "## Ark-ASR: SFT -> TD -> OPD with tiny.en as the teacher\n\n" + to_markdown(tb) +
+          "\nA CPU-sized run of the whole pipeline on a synthetic corpus; not the papers' settings or numbers.\n")
+    atomic_write_text(out / "results.md", md)
+    atomic_write_text(out / "results.tex", to_latex(ta) + "\n" + to_latex(tb))
+    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    timings.update(st.timings)
+    atomic_write_json(out / "timings.json", timings)
+    log("\n" + md)
+    log(f"results written to {out / 'results.md'} (and results.tex); this run took {time.time() - t_start:.0f} s")
+    return md
