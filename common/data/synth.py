@@ -17,6 +17,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -91,6 +92,18 @@ def generate_sentence(rng: random.Random, language: str) -> str:
     return tpl.format(**values)
 
 
+_CAPITALISED = set(_EN["name"]) | {"monday"}
+
+
+def written_form(sentence: str, language: str) -> str:
+    """A generated sentence in written convention: 'did laura open the car' -> 'Did Laura open the car?'."""
+    if language != "en":
+        return sentence + "。"
+    words = [w.capitalize() if w in _CAPITALISED else w for w in sentence.split()]
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + ("?" if words[0] == "did" else ".")
+
+
 # ----------------------------------------------------------------------------------------------
 # Synthesis
 # ----------------------------------------------------------------------------------------------
@@ -119,6 +132,10 @@ class SynthConfig:
     """Probability that white noise is added to an utterance."""
     snr_db: list[float] = field(default_factory=lambda: [15.0, 35.0])
     """Range of the signal-to-noise ratio (dB) of added noise."""
+    text_style: Literal["plain", "written"] = "plain"
+    """plain: lower-case English without punctuation; written: the convention of Whisper's (and Qwen3-ASR's) output -
+    sentence case, capitalised names and weekdays, final '.' or '?' (Mandarin: final '。'). Train a student that a
+    teacher distils toward on the teacher's convention (scoring normalises both away)."""
 
     def __post_init__(self) -> None:
         for lang in self.languages:
@@ -151,6 +168,8 @@ def _plan(cfg: SynthConfig) -> dict[tuple[str, str], list[dict]]:
                 while text in seen:
                     text = generate_sentence(rng, lang)
                 seen.add(text)
+                if cfg.text_style == "written":
+                    text = written_form(text, lang)
                 voice = rng.choice(_VOICES[lang]) + rng.choice(_VARIANTS)
                 rate, pitch = rng.randint(120, 175), rng.randint(30, 70)
                 snr = rng.uniform(*cfg.snr_db) if rng.random() < cfg.noise_prob else None

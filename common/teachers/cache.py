@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from common.audio import load_audio
+from common.data.datamodule import cut_audio
 from common.data.manifests import load_manifest
 from common.io import atomic_write_json
 from common.metrics import ErrorRate, score_utterance
@@ -144,13 +144,14 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
     lengths, utts = [], []
     for b in range(0, len(cuts), cfg.batch_size):
         chunk = cuts[b : b + cfg.batch_size]
-        audios = [load_audio(c.recording.sources[0].source, offset=c.start, duration=c.duration) for c in chunk]
+        audios = [cut_audio(c) for c in chunk]  # files or Shar
         refs = [c.supervisions[0].text for c in chunk]
         langs = [c.supervisions[0].language for c in chunk]
         batch = teacher.prepare(audios, langs)
         targets = [teacher.encode_text(r, l) for r, l in zip(refs, langs)]
-        sc = teacher.score(batch, targets, top_k=cfg.top_k)
-        gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens) if cfg.generate else None
+        shared = {"encoder_out": teacher.encode(batch)} if hasattr(teacher, "encode") else {}  # one encoder pass
+        sc = teacher.score(batch, targets, top_k=cfg.top_k, **shared)
+        gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens, **shared) if cfg.generate else None
         for i, (c, ref, lang, tgt) in enumerate(zip(chunk, refs, langs, targets)):
             n = len(tgt)
             parts["topk_ids"].append(sc.topk_ids[i, :n].to(torch.int32).cpu())

@@ -45,12 +45,19 @@ class WhisperTeacher:
         return whisper_prefix(self.tokenizer, language if self.multilingual else None)
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], max_new_tokens: int = 128, num_beams: int = 1) -> Generation:
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 128, num_beams: int = 1,
+                 encoder_out: torch.Tensor | None = None) -> Generation:
+        """Greedy/beam transcripts; ``encoder_out`` (from :meth:`encode`) skips a second encoder pass."""
         p = next(self.model.parameters())
         kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         if self.multilingual:
             kw.update(language=batch["languages"], task="transcribe")
-        seqs = self.model.generate(batch["input_features"].to(p.device, p.dtype), **kw)
+        if encoder_out is not None:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            seqs = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_out), **kw)
+        else:
+            seqs = self.model.generate(batch["input_features"].to(p.device, p.dtype), **kw)
         special = set(self.tokenizer.all_special_ids)
         ids = [[t for t in s.tolist() if t not in special and t < len(self.tokenizer)] for s in seqs]
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
