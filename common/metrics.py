@@ -113,6 +113,9 @@ class ErrorRate(Metric):
         if norm.ref_units == 0:
             self.n_empty_refs += 1
         self.n_utts += 1
+        # what torchmetrics' wrapped update() does: count the update, drop a cached compute() result
+        self._update_count += 1
+        self._computed = None
 
     @staticmethod
     def _rate(errors: torch.Tensor, ref_units: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import lightning as L
 import torch
-import yaml
 
 
 @dataclass

@@ -72,6 +72,14 @@ def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
     run = tmp_path / "askd_ddp"
     # Whisper's encoder sees fixed 30 s windows, so decoding does not depend on the batch: the synced WER is exact
     _check_synced_validation(run, "en_dev", exact_rate=True)
+    # TensorBoard holds the sample transcripts (reference / student / teacher) as text, and their audio
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((run / "tb").rglob("events.out.tfevents.*"))), size_guidance={"tensors": 0, "audio": 0})
+    acc.Reload()
+    assert "val/en_dev/samples/text_summary" in acc.Tags()["tensors"] and len(acc.Tags()["audio"]) == 3
+    table = acc.Tensors("val/en_dev/samples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| reference | student | teacher |" in table and table.count("\n| synth_en_dev_") == 3
     # the DDP checkpoint resumes in one process (another world size): weights, optimizer and step carry over
     from askd_whisper.run import fit
 

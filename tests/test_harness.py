@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from common.cli import main
-from common.table import PAPERS, Row, bootstrap_ci, build_table, run_row, to_latex, to_markdown
+from common.table import PAPERS, bootstrap_ci, build_table, run_row, to_latex, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 PAPERS_MD = REPO.parent / "shared" / "docs" / "papers.md"

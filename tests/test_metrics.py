@@ -92,3 +92,13 @@ def test_ddp_sum_equals_single_process():
     expected = {k: v.item() for k, v in single.compute().items()}
     for rank in (0, 1):
         assert results[rank] == pytest.approx(expected, nan_ok=True)
+
+
+def test_add_invalidates_the_cached_result():
+    from common.metrics import ErrorRate, score_utterance
+
+    m = ErrorRate()
+    m.add(score_utterance("a b", "a b", "en"), score_utterance("a b", "a b", "en", normalised=False))
+    assert m.compute()["error_rate"].item() == 0.0
+    m.add(score_utterance("a b", "a c", "en"), score_utterance("a b", "a c", "en", normalised=False))
+    assert m.compute()["error_rate"].item() == 0.25

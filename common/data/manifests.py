@@ -221,6 +221,19 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
     return _finish(cuts, report, policy)
 
 
+def _supervision(cut, src: str, report: ValidationReport):
+    """A Lhotse cut's first supervision with its checked text and language, or None (the problem is recorded)."""
+    sup = cut.supervisions[0] if cut.supervisions else None
+    text = _check_text(sup.text if sup else None, src, report)
+    if text is None:
+        return None
+    language = normalise_language(sup.language, text)
+    if language is None:
+        report.problems.append(Problem(src, "bad_language", f"unknown language {sup.language!r}"))
+        return None
+    return sup, text, language
+
+
 def from_lhotse(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutSet, ValidationReport]:
     """A Lhotse cut manifest; each cut must have one supervision with text."""
     path = Path(path)
@@ -229,14 +242,10 @@ def from_lhotse(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cu
     for cut in CutSet.from_file(path):
         report.n_rows += 1
         src = f"{path}:{cut.id}"
-        sup = cut.supervisions[0] if cut.supervisions else None
-        text = _check_text(sup.text if sup else None, src, report)
-        if text is None:
+        checked = _supervision(cut, src, report)
+        if checked is None:
             continue
-        language = normalise_language(sup.language, text)
-        if language is None:
-            report.problems.append(Problem(src, "bad_language", f"unknown language {sup.language!r}"))
-            continue
+        sup, text, language = checked
         source = cut.recording.sources[0]
         if source.type != "file":
             report.problems.append(Problem(src, "unreadable_audio", f"audio source type {source.type!r} is not supported (only files)"))
@@ -257,14 +266,10 @@ def from_shar(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutS
     for cut in CutSet.from_shar(in_dir=path):
         report.n_rows += 1
         src = f"shar:{path}:{cut.id}"
-        sup = cut.supervisions[0] if cut.supervisions else None
-        text = _check_text(sup.text if sup else None, src, report)
-        if text is None:
+        checked = _supervision(cut, src, report)
+        if checked is None:
             continue
-        language = normalise_language(sup.language, text)
-        if language is None:
-            report.problems.append(Problem(src, "bad_language", f"unknown language {sup.language!r}"))
-            continue
+        sup, text, language = checked
         if cut.duration <= 0:
             report.problems.append(Problem(src, "empty_audio", "zero-length cut"))
             continue
