@@ -217,3 +217,16 @@ def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
     names = {c.__name__ for c in layer_classes(build_student(_model_cfg()))}
     assert {"WhisperEncoderLayer", "Qwen3DecoderLayer"} <= names
     assert enable_activation_checkpointing(build_student(_model_cfg())) >= 1
+
+
+def test_fsdp_strategy_wraps_transformer_layers(whisper_tiny):
+    """The FSDP strategy built from config (it runs only on GPUs; here its construction is checked)."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from common.train import TrainerConfig, make_strategy
+
+    model, _ = whisper_tiny
+    s = make_strategy(TrainerConfig(strategy="fsdp", activation_checkpointing=True), model)
+    assert isinstance(s, FSDPStrategy) and s.kwargs["use_orig_params"] and s._state_dict_type == "full"
+    assert {c.__name__ for c in s.kwargs["auto_wrap_policy"]._module_classes} == {"WhisperEncoderLayer", "WhisperDecoderLayer"}
+    assert isinstance(make_strategy(TrainerConfig(strategy="ddp")), DDPStrategy)
