@@ -8,6 +8,7 @@ U_t = S_t ∪ K_t, student logits taken only at U_t. The teacher is frozen and n
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,9 +19,13 @@ import torch
 from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
-from common.metrics import ErrorRate
 from common.teachers.base import gather_logprobs
 from common.train import ValidationLog, configure_optim, gathered_params
+
+
+def teacher_entries_in_student(S: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(B, T, k) bool: which of the teacher's top-k K_t (ids, -1 = unmapped) are also in the student's top-k S_t."""
+    return ((S[..., :, None] == K[..., None, :]) & (K[..., None, :] >= 0)).any(-2)
 
 
 class ArkCollator:
@@ -42,8 +47,7 @@ class ArkModule(L.LightningModule):
         object.__setattr__(self, "teacher", teacher)  # frozen, not a submodule: never in state_dict or optimizer
         self.token_map = token_map
         self.dev_names = list(dev_names)
-        self.val_metrics = torch.nn.ModuleList([ErrorRate() for _ in self.dev_names])
-        self.val_log = ValidationLog()
+        self.val_log = ValidationLog(self.dev_names)
         if cfg.stage == "opd" and (teacher is None or token_map is None):
             raise ValueError("stage opd needs a teacher and a token map")
 
@@ -128,8 +132,7 @@ class ArkModule(L.LightningModule):
         m = mask.float()
         n = m.sum().clamp(min=1)
         vuss = (finite_cand.sum(-1).float() * m).sum() / n
-        inter = (S[..., :, None] == K[..., None, :]) & (K[..., None, :] >= 0)  # (B, T, kS, kK)
-        in_k = inter.any(-2)  # teacher entries that the student also has
+        in_k = teacher_entries_in_student(S, K)
         overlap = (in_k.sum(-1).float() * m).sum() / n / self.cfg.opd.top_k
         mass = ((sc.topk_logprobs[:, :T].to(m.device).exp() * in_k).sum(-1) * m).sum() / n
         return {"vuss": vuss, "overlap_ratio": overlap, "teacher_mass_overlap": mass}
@@ -143,7 +146,7 @@ class ArkModule(L.LightningModule):
 
         o, T = self.cfg.opd, tgt.shape[1]
         per_kl = union_topk_kl(zS.detach(), lpT, cand, mask, o.tau, o.direction, o.jsd_beta, reduction="none")
-        inter = ((S[..., :, None] == K[..., None, :]) & (K[..., None, :] >= 0)).any(-2)  # (B, T, k)
+        inter = teacher_entries_in_student(S, K)
         arrays = {
             "mask": mask.cpu().numpy(), "n_union": finite_cand.sum(-1).cpu().numpy(),
             "n_overlap": inter.sum(-1).cpu().numpy(), "kl": per_kl.float().cpu().numpy(),
@@ -151,7 +154,7 @@ class ArkModule(L.LightningModule):
             "student_tokens": tgt.cpu().numpy(), "top_k": np.array(o.top_k), "step": np.array(self.global_step),
             "texts": np.array(texts), "references": np.array(batch["texts"]), "ids": np.array(batch["ids"]),
         }
-        buf = __import__("io").BytesIO()
+        buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         out = Path(self.trainer.default_root_dir) / "diagnostics" / f"opd_step{self.global_step:07d}.npz"
         atomic_write_bytes(out, buf.getvalue())
@@ -163,11 +166,10 @@ class ArkModule(L.LightningModule):
         with gathered_params(self.student):
             out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens)
         hyps = [self.student.decode(i) for i in out["ids"]]
-        self.val_metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
-        self.val_log.collect(batch, hyps, dataloader_idx)
+        self.val_log.update(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_log.log(self, self.dev_names, self.val_metrics)
+        self.val_log.log(self)
 
     def configure_optimizers(self):
         return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

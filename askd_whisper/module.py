@@ -19,7 +19,6 @@ from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teach
 from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
-from common.metrics import ErrorRate
 from common.train import ValidationLog, configure_optim, gathered_params
 
 
@@ -34,8 +33,7 @@ class AskdModule(L.LightningModule):
         self.processor = teacher.processor
         self.cache = cache
         self.dev_names = list(dev_names)
-        self.val_metrics = torch.nn.ModuleList([ErrorRate() for _ in self.dev_names])
-        self.val_log = ValidationLog()
+        self.val_log = ValidationLog(self.dev_names)
         self._pending_self_teacher: Optional[dict] = None
 
     # -- schedules ------------------------------------------------------------------------------
@@ -170,11 +168,10 @@ class AskdModule(L.LightningModule):
             return
         with gathered_params(self.student):
             hyps = WhisperTranscriber(self.student, self.processor).transcribe(batch, self.cfg.decoding)
-        self.val_metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
-        self.val_log.collect(batch, hyps, dataloader_idx)
+        self.val_log.update(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_log.log(self, self.dev_names, self.val_metrics)
+        self.val_log.log(self)
 
     def configure_optimizers(self):
         return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

@@ -31,8 +31,8 @@ def default_corpus_dir() -> Path:
 
 
 class _Stages:
-    def __init__(self, out: Path, log: Callable[[str], None]) -> None:
-        self.out, self.log, self.timings = out, log, {}
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log, self.timings = log, {}
 
     def run(self, name: str, done: bool, fn: Callable[[], object]) -> None:
         if done:
@@ -82,7 +82,7 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
     t_start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    st = _Stages(out, log)
+    st = _Stages(log)
     corpus_dir = Path(corpus_dir or default_corpus_dir())
     corpus: list[Path] = []
     st.run("corpus (espeak-ng)", False, lambda: corpus.append(synthesize_corpus(load(SynthConfig, CONFIGS / "synth.yaml",

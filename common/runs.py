@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from common.io import SUMMARY
 
@@ -67,11 +67,6 @@ def read_scalars(run_dir: str | Path, prefix: str = "") -> dict[str, list[tuple[
             if tag.startswith(prefix):
                 out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return {k: sorted(v) for k, v in out.items()}
-
-
-def last_scalar(run_dir: str | Path, tag: str) -> Optional[float]:
-    values = read_scalars(run_dir, tag).get(tag)
-    return values[-1][1] if values else None
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -117,28 +117,16 @@ def expand(cfg: SweepConfig) -> list[SweepRun]:
 
 def validate(cfg: SweepConfig, runs: list[SweepRun], extra: list[str] = ()) -> None:
     """Load every run's config through its schema: an unknown key or a bad value stops the sweep naming the run."""
-    from common.config import ConfigError, load
-    from common.train import method_of
+    from common.cli import load_experiment
+    from common.config import ConfigError
 
     if not Path(cfg.base).is_file():
         raise FileNotFoundError(f"sweep {cfg.name}: base config {cfg.base} not found")
     for r in runs:
-        method = method_of(cfg.base, r.overrides)
-        schema = _schema(method)
         try:
-            load(schema, cfg.base, r.overrides + list(extra))
+            load_experiment(cfg.base, r.overrides + list(extra))
         except (ConfigError, ValueError) as err:
             raise ConfigError(f"sweep {cfg.name}, run {r.name}: {err}") from None
-
-
-def _schema(method: str):
-    if method == "askd_whisper":
-        from askd_whisper.config import AskdConfig
-
-        return AskdConfig
-    from ark_asr.config import ArkConfig
-
-    return ArkConfig
 
 
 def fit_command(cfg: SweepConfig, run: SweepRun, extra: list[str] = ()) -> list[str]:

@@ -14,7 +14,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import lightning as L
 import torch
@@ -130,17 +130,25 @@ def layer_classes(module: torch.nn.Module) -> set[type]:
     return {type(m) for m in module.modules() if type(m).__name__ in names}
 
 
-class ValidationLog:
-    """What both modules log at the end of validation: per dev set the error rate with its summed counts (synced
-    across ranks by :class:`~common.metrics.ErrorRate`), and on the first dev set a few samples to TensorBoard -
-    reference, student and teacher transcripts as a text table, and the audio."""
+class ValidationLog(torch.nn.Module):
+    """Validation bookkeeping of both modules: one :class:`~common.metrics.ErrorRate` per dev set (a sub-module, so it
+    follows the device; counts synced across ranks), logged per set as the error rate with its summed counts, and a
+    few samples of the first dev set to TensorBoard - reference, student and teacher transcripts as a text table, and
+    the audio."""
 
-    def __init__(self, n_samples: int = 3) -> None:
+    def __init__(self, dev_names: Sequence[str], n_samples: int = 3) -> None:
+        from common.metrics import ErrorRate
+
+        super().__init__()
+        self.names = list(dev_names)
+        self.metrics = torch.nn.ModuleList([ErrorRate() for _ in self.names])
         self.n = n_samples
         self.samples: list[dict[str, Any]] = []
         self.teacher_texts: dict[str, str] = {}
 
-    def collect(self, batch: dict[str, Any], hyps: list[str], dataloader_idx: int = 0) -> None:
+    def update(self, batch: dict[str, Any], hyps: list[str], dataloader_idx: int = 0) -> None:
+        """Score one batch of dev set ``dataloader_idx`` and keep the first few utterances as samples."""
+        self.metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
         if dataloader_idx != 0 or len(self.samples) >= self.n:
             return
         audios = batch.get("audios") or [None] * len(hyps)
@@ -148,8 +156,8 @@ class ValidationLog:
             if len(self.samples) < self.n:
                 self.samples.append({"id": uid, "ref": ref, "hyp": hyp, "language": lang, "audio": audio})
 
-    def log(self, module: L.LightningModule, names: list[str], metrics: Any) -> None:
-        for name, m in zip(names, metrics):
+    def log(self, module: L.LightningModule) -> None:
+        for name, m in zip(self.names, self.metrics):
             r = m.compute()  # counts summed over ranks
             module.log(f"val/{name}/error_rate", r["error_rate"].float())
             for key in ("n_utts", "ref_units", "sub", "del", "ins"):
@@ -173,7 +181,7 @@ class ValidationLog:
         for s in samples:
             rows.append(f"| {s['id']} | {s['ref']} | {s['hyp']} | {self.teacher_texts.get(s['id'], '-')} |")
         step = module.global_step
-        tb.add_text(f"val/{names[0] if names else 'dev'}/samples", "\n".join(rows), step)
+        tb.add_text(f"val/{self.names[0] if self.names else 'dev'}/samples", "\n".join(rows), step)
         for i, s in enumerate(samples):
             if s["audio"] is not None:
                 tb.add_audio(f"val/audio/{i}", torch.as_tensor(s["audio"]).float()[None], step, sample_rate=16000)
