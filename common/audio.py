@@ -1,7 +1,9 @@
 """Audio reading: soundfile for I/O, torchaudio for resampling; every failure names the file.
 
 ``torchaudio.load`` needs FFmpeg/torchcodec, which is not a dependency here; soundfile (libsndfile)
-reads WAV, FLAC, OGG/Vorbis/Opus and MP3.
+reads WAV, FLAC, OGG/Vorbis/Opus and MP3. torchaudio is imported in one place, :func:`resample` (through
+:func:`torchaudio_functional`), so a torch/torchaudio pair built for different CUDA versions is reported in one line
+(:class:`DependencyError`) the first time audio needs resampling, and nothing else depends on it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,37 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 TARGET_SR = 16_000
+
+# The pair requirements.lock installs (a test keeps the two in step). torchaudio 2.11 is its last release: it loads
+# only beside a torch built for the same CUDA version (torch 2.15 wheels use CUDA 13.2, torchaudio 2.11 CUDA 13.0).
+LOCKED_TORCH, LOCKED_TORCHAUDIO = "2.14.1", "2.11.0"
+
+
+class DependencyError(RuntimeError):
+    """An installed package that cannot be used; the message names the packages, their versions and the fix."""
+
+
+def torchaudio_functional():
+    """``torchaudio.functional``, or a one-line :class:`DependencyError` naming the torch/torchaudio pair found and
+    the pair to install (torchaudio raises from deep inside its extension loader when the CUDA builds differ)."""
+    try:
+        import torchaudio.functional as AF
+    except (ImportError, OSError, RuntimeError) as err:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = f"torchaudio {version('torchaudio')}"
+        except PackageNotFoundError:
+            found = "no torchaudio"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = ". ".join(first.split(". ")[:2]).rstrip(".")  # torchaudio's first two sentences name the CUDA versions
+        raise DependencyError(
+            f"torchaudio cannot be loaded: found torch {torch.__version__} with {found} ({reason}); install the "
+            f"locked pair torch=={LOCKED_TORCH} torchaudio=={LOCKED_TORCHAUDIO} (`make install` does) or a torchaudio "
+            f"built for the same CUDA version as your torch") from None
+    return AF
 
 
 class AudioError(RuntimeError):
@@ -52,7 +82,7 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.n
     if orig_sr == target_sr:
         return wave.astype(np.float32, copy=False)
     t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return AF.resample(t, orig_sr, target_sr).numpy()
+    return torchaudio_functional().resample(t, orig_sr, target_sr).numpy()
 
 
 def load_audio(
