@@ -1,4 +1,4 @@
-"""Ark-ASR experiment schema (papers.md sec. 1). Paper-faithful defaults; alternatives are ablations."""
+"""Ark-ASR experiment schema (arXiv 2605.28139). Paper-faithful defaults; alternatives are ablations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 from common.data.datamodule import DataConfig
 from common.evaluate import DecodeConfig
 from common.teachers import TeacherConfig
-from common.train import OptimConfig, TrainerConfig
+from common.training import OptimConfig, TrainerConfig
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ArkModelConfig:
 
 @dataclass
 class OPDConfig:
-    """On-policy distillation (papers.md sec. 1.4)."""
+    """On-policy distillation (arXiv 2605.28139, OPD)."""
 
     top_k: int = 32
     """k for the student's S_t and the teacher's K_t."""

@@ -90,7 +90,7 @@ class AudioEncoder(nn.Module):
         self.d_model = whisper_encoder.config.d_model
         self.max_frames = whisper_encoder.config.max_source_positions
         self._no_split_modules = list(getattr(whisper_encoder, "_no_split_modules", None) or ["WhisperEncoderLayer"])
-        self.gradient_checkpointing = False  # set by common.train.enable_activation_checkpointing
+        self.gradient_checkpointing = False  # set by common.training.strategy.enable_activation_checkpointing
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, n_mels, F) -> (B, ceil(F/2), d)
         x = nn.functional.gelu(self.conv1(feats))

@@ -1,7 +1,7 @@
 """Ark-ASR LightningModule: ``stage`` sft | td | opd.
 
 sft, td: next-token CE on the assistant turn including the stop token (td: on teacher transcripts).
-opd (one step, papers.md sec. 1.4): student rollout (no grad) -> text (empty -> reference, counted) -> teacher
+opd (one step, arXiv 2605.28139, OPD): student rollout (no grad) -> text (empty -> reference, counted) -> teacher
 scores the re-tokenised text teacher-forced -> student re-scores the same tokens with grad -> union top-k KL on
 U_t = S_t ∪ K_t, student logits taken only at U_t. The teacher is frozen and never part of the checkpoint.
 """
@@ -20,7 +20,7 @@ from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
 from common.teachers.base import gather_logprobs
-from common.train import ValidationLog, configure_optim, gathered_params
+from common.training import ValidationLog, configure_optim, gathered_params
 
 
 def teacher_entries_in_student(S: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ class ArkModule(L.LightningModule):
         logs = self.opd_diagnostics(S, K, cand & torch.isfinite(lpT), mask, sc, T)
         trainer = self._trainer  # None outside a Trainer (unit tests call the step directly)
         if o.dump_every and self.global_step % o.dump_every == 0 and trainer is not None and trainer.is_global_zero:
-            self.dump_positions(S, K, U, cand & torch.isfinite(lpT), mask, zS, lpT, cand, sc, tgt, texts, batch)
+            self.dump_positions(S, K, cand & torch.isfinite(lpT), mask, zS, lpT, cand, sc, tgt, texts, batch)
         logs.update(time_rollout=t1 - t0, time_teacher=t2 - t1, time_rescore_loss=time.perf_counter() - t2)
         logs.update(opd_loss=loss, rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
                     empty_rollouts=float(sum(empty)), stopped_ratio=float(sum(roll["stopped"])) / len(texts),
@@ -138,7 +138,7 @@ class ArkModule(L.LightningModule):
         return {"vuss": vuss, "overlap_ratio": overlap, "teacher_mass_overlap": mass}
 
     @torch.no_grad()
-    def dump_positions(self, S, K, U, finite_cand, mask, zS, lpT, cand, sc, tgt, texts, batch) -> None:
+    def dump_positions(self, S, K, finite_cand, mask, zS, lpT, cand, sc, tgt, texts, batch) -> None:
         """Per-position OPD diagnostics of this batch, for notebooks (02_opd_diagnostics): an .npz in RUN/diagnostics."""
         import numpy as np
 
@@ -169,6 +169,7 @@ class ArkModule(L.LightningModule):
         self.val_log.update(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
+        self.val_log.transcribe_samples(self, self.teacher)
         self.val_log.log(self)
 
     def configure_optimizers(self):

@@ -10,7 +10,7 @@ from ark_asr.config import ArkConfig
 from ark_asr.model import ArkTranscriber, build_student
 from ark_asr.module import ArkCollator, ArkModule
 from common.data.datamodule import AudioDataModule
-from common.train import run_fit
+from common.training import run_fit
 
 
 def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""ASKD-Whisper experiment schema (papers.md sec. 2). Paper-faithful defaults; alternatives are ablations."""
+"""ASKD-Whisper experiment schema (arXiv 2601.19919). Paper-faithful defaults; alternatives are ablations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from common.data.datamodule import DataConfig
 from common.evaluate import DecodeConfig
 from common.teachers import TeacherConfig
-from common.train import OptimConfig, TrainerConfig
+from common.training import OptimConfig, TrainerConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ previous-epoch copy of the student) IS part of the checkpoint, so a resumed run 
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import lightning as L
 import torch
@@ -19,7 +19,16 @@ from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teach
 from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
-from common.train import ValidationLog, configure_optim, gathered_params
+from common.training import ValidationLog, configure_optim, gathered_params
+
+
+class LossWeights(NamedTuple):
+    """Weights of the loss terms at one step."""
+
+    phase: str  # "A" (teacher KD) or "B" (self-KD)
+    lam: float  # teacher KD weight
+    beta: float  # self-KD weight
+    ce: float  # cross-entropy weight
 
 
 class AskdModule(L.LightningModule):
@@ -42,15 +51,17 @@ class AskdModule(L.LightningModule):
         sk = self.cfg.self_kd
         return int(sk.boundary * self.cfg.trainer.max_steps) if sk.enabled else self.cfg.trainer.max_steps
 
-    def weights(self, step: int) -> tuple[str, float, float]:
-        """(phase, lambda, beta) at a global step."""
+    def weights(self, step: int) -> LossWeights:
+        """The loss weights at a global step: phase A (1 - lambda) CE + lambda KD (or a constant CE weight), phase B
+        (1 - beta) CE + beta self-KD; lambda is 0 without a teacher."""
         c, sk = self.cfg.curriculum, self.cfg.self_kd
         if step < self.boundary_step:
-            lam = teacher_weight(c.schedule, step / max(1, self.boundary_step), c.lambda_0, c.lambda_min, c.gamma,
-                                 self.current_epoch, c.milestones)
-            return "A", (lam if self.cfg.teacher_source != "none" else 0.0), 0.0
+            lam = teacher_weight(c, step / max(1, self.boundary_step), self.current_epoch)
+            lam = lam if self.cfg.teacher_source != "none" else 0.0
+            return LossWeights("A", lam, 0.0, (1.0 - lam) if c.ce_weight is None else c.ce_weight)
         rb = (step - self.boundary_step) / max(1, self.cfg.trainer.max_steps - self.boundary_step)
-        return "B", 0.0, self_kd_weight(sk.beta_schedule, rb, sk.beta_0, sk.beta_max)
+        beta = self_kd_weight(sk, rb)
+        return LossWeights("B", 0.0, beta, 1.0 - beta)
 
     # -- forward pieces -------------------------------------------------------------------------
     def _encode(self, feats: torch.Tensor) -> torch.Tensor:
@@ -83,7 +94,7 @@ class AskdModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
         if not batch["ids"]:
             return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
-        phase, lam, beta = self.weights(self.global_step)
+        phase, lam, beta, ce_w = self.weights(self.global_step)
         labels = batch["labels"]
         mask = labels != -100
         enc = self._encode(batch["input_features"])
@@ -95,26 +106,23 @@ class AskdModule(L.LightningModule):
             if lam > 0 and self.cfg.teacher_source == "online":
                 with torch.no_grad():
                     t_logits = self._decoder_logits(self.teacher.model, enc.to(self.teacher.device), batch).to(s_logits.dtype)
-                w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, t_logits, labels)
+                top1_prob, top1 = torch.softmax(t_logits.float(), -1).max(-1)
+                w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
                 kd = kd_kl(s_logits, t_logits, mask, self.cfg.curriculum.tau, weights=w)
-                logs["teacher_label_agreement"] = ((t_logits.argmax(-1) == labels) & mask).sum() / mask.sum().clamp(min=1)
             elif lam > 0 and self.cfg.teacher_source == "cache":
                 ids, lps = self._cached_topk(batch, labels)
-                w = torch.full_like(lps[..., 0], lam)
-                if self.cfg.curriculum.adaptive == "gating":
-                    w = w * (ids[..., 0] == labels).float()
-                elif self.cfg.curriculum.adaptive == "confidence":
-                    w = w * lps[..., 0].exp()
+                top1, top1_prob = ids[..., 0], lps[..., 0].exp()
+                w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
                 kd = sparse_kd_kl(s_logits, ids, lps, mask, self.cfg.curriculum.tau, weights=w)
-                logs["teacher_label_agreement"] = ((ids[..., 0] == labels) & mask).sum() / mask.sum().clamp(min=1)
-            ce_w = (1.0 - lam) if self.cfg.curriculum.ce_weight is None else self.cfg.curriculum.ce_weight
+            if lam > 0 and self.cfg.teacher_source != "none":
+                logs["teacher_label_agreement"] = ((top1 == labels) & mask).sum() / mask.sum().clamp(min=1)
             loss = ce_w * ce + kd
             logs["kd"] = kd
         else:
             with torch.no_grad():
                 self_logits = self._decoder_logits(self.self_teacher, enc, batch)
             skd = kd_kl(s_logits, self_logits, mask, self.cfg.self_kd.tau)
-            loss = (1.0 - beta) * ce + beta * skd
+            loss = ce_w * ce + beta * skd
             logs["self_kd"] = skd
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=len(batch["ids"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
@@ -171,6 +179,7 @@ class AskdModule(L.LightningModule):
         self.val_log.update(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
+        self.val_log.transcribe_samples(self, self.teacher)
         self.val_log.log(self)
 
     def configure_optimizers(self):

@@ -13,7 +13,7 @@ from common.data.collate import WhisperCollator
 from common.data.datamodule import AudioDataModule
 from common.evaluate import WhisperTranscriber
 from common.teachers.whisper_teacher import WhisperTeacher
-from common.train import launch_rank, run_fit
+from common.training import launch_rank, run_fit
 
 
 def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[AskdModule, AudioDataModule, dict]:
@@ -36,7 +36,7 @@ def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[As
 
 def fit(cfg: AskdConfig, resume: bool = False, overwrite: bool = False, teacher: Optional[WhisperTeacher] = None,
         stop_after_steps: Optional[int] = None, callbacks: Optional[list] = None) -> dict:
-    """Train, evaluate the test sets with the final student, write ``summary.json`` last (common.train.run_fit)."""
+    """Train, evaluate the test sets with the final student, write ``summary.json`` last (common.training.run_fit)."""
 
     def build_all():
         module, dm, info = build(cfg, teacher)

@@ -1,6 +1,6 @@
 """Curriculum schedules of ASKD-Whisper (pure functions of training progress).
 
-Phase A teacher weight lambda(r), r = step / steps_A in [0, 1] (papers.md sec. 2.2):
+Phase A teacher weight lambda(r), r = step / steps_A in [0, 1] (ASKD-Whisper, arXiv 2601.19919):
     constant:    lambda = l_0
     linear:      lambda = l_min + (l_0 - l_min)(1 - r)
     cosine:      lambda = l_min + 0.5 (l_0 - l_min)(1 + cos(pi r))
@@ -12,15 +12,18 @@ Phase B self-KD weight beta(r_B), r_B = progress through phase B: constant beta_
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-LambdaSchedule = Literal["constant", "linear", "cosine", "exponential", "step"]
+if TYPE_CHECKING:
+    from askd_whisper.config import CurriculumConfig, SelfKDConfig
 
 
-def teacher_weight(kind: LambdaSchedule, r: float, l0: float = 0.9, lmin: float = 0.0, gamma: float = 0.5,
-                   epoch: int = 0, milestones: Sequence[float] = (0.5,)) -> float:
+def teacher_weight(c: "CurriculumConfig", r: float, epoch: int = 0) -> float:
+    """lambda at phase-A progress ``r`` (and ``epoch``, for the exponential schedule); the knobs and their defaults
+    are the curriculum config's (one source)."""
+    kind, l0, lmin, gamma = c.schedule, c.lambda_0, c.lambda_min, c.gamma
     r = min(1.0, max(0.0, r))
     if kind == "constant":
         return l0
@@ -31,18 +34,20 @@ def teacher_weight(kind: LambdaSchedule, r: float, l0: float = 0.9, lmin: float 
     if kind == "exponential":
         return max(lmin, l0 * gamma**epoch)
     if kind == "step":
-        return max(lmin, l0 * gamma ** sum(1 for m in milestones if r >= m))
+        return max(lmin, l0 * gamma ** sum(1 for m in c.milestones if r >= m))
     raise ValueError(f"unknown schedule {kind!r}")
 
 
-def self_kd_weight(kind: Literal["constant", "linear"], r: float, beta0: float, beta_max: float) -> float:
+def self_kd_weight(sk: "SelfKDConfig", r: float) -> float:
+    """beta at phase-B progress ``r`` (the self-KD config's schedule)."""
     r = min(1.0, max(0.0, r))
-    return beta0 if kind == "constant" else beta0 + (beta_max - beta0) * r
+    return sk.beta_0 if sk.beta_schedule == "constant" else sk.beta_0 + (sk.beta_max - sk.beta_0) * r
 
 
-def adaptive_token_weights(kind: Literal["none", "gating", "confidence"], lam: float, teacher_logits: torch.Tensor,
-                           labels: torch.Tensor) -> torch.Tensor:
-    """Per-token teacher weights w_t (B, T):
+def adaptive_token_weights(kind: Literal["none", "gating", "confidence"], lam: float, teacher_top1: torch.Tensor,
+                           teacher_top1_prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token teacher weights w_t (B, T), from the teacher's most likely token and its probability at each position
+    (online: argmax / max of the softmax of its logits; cached: the first of its stored top-k):
     none:       w_t = lambda
     gating:     w_t = lambda * 1[argmax pT_t == y_t]   (do not imitate the teacher where it contradicts the label)
     confidence: w_t = lambda * max_v pT_t(v)
@@ -51,7 +56,7 @@ def adaptive_token_weights(kind: Literal["none", "gating", "confidence"], lam: f
     if kind == "none":
         return base
     if kind == "gating":
-        return base * (teacher_logits.argmax(-1) == labels).float()
+        return base * (teacher_top1 == labels).float()
     if kind == "confidence":
-        return base * torch.softmax(teacher_logits.float(), -1).amax(-1)
+        return base * teacher_top1_prob.float()
     raise ValueError(f"unknown adaptive weighting {kind!r}")

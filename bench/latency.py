@@ -1,4 +1,4 @@
-"""Teacher/student latency ratio and real-time factor of ASKD-Whisper students (papers.md sec. 2.5).
+"""Teacher/student latency ratio and real-time factor of ASKD-Whisper students (arXiv 2601.19919, latency protocol).
 
 Batch 1, greedy, exactly N generated tokens (min_new_tokens = max_new_tokens = N), same device and dtype, one
 process, alternating runs, medians. Latency = encoder pass + N decoding steps. The student's encoder is the
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from askd_whisper.latency import measure
+from common.latency import measure
 
 
 def main() -> None:

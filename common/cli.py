@@ -37,13 +37,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load(EvalConfig, args.config, overrides)
-    transcriber = None
-    if (Path(cfg.model) / "ark_config.json").is_file():  # a saved Ark-ASR student (RUN_DIR/student)
-        from ark_asr.model import ArkTranscriber
-        from common.evaluate import DTYPES
-
-        transcriber = ArkTranscriber.from_dir(Path(cfg.model), device=cfg.device, dtype=DTYPES[cfg.dtype])
-    summary = run_evaluation(cfg, overwrite=args.overwrite, transcriber=transcriber)
+    summary = run_evaluation(cfg, overwrite=args.overwrite)
     print(markdown_table(summary, Path(cfg.model).name or cfg.model))
     print(f"run directory: {cfg.out_dir}")
     return 0
@@ -142,27 +136,13 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_experiment(path: str | Path, overrides: list[str]):
-    """An experiment config (``method: askd_whisper | ark_asr``) and the method's ``fit``."""
-    from common.config import load
-    from common.train import method_of
-
-    if method_of(path, overrides) == "askd_whisper":
-        from askd_whisper.config import AskdConfig
-        from askd_whisper.run import fit
-
-        return load(AskdConfig, path, overrides), fit
-    from ark_asr.config import ArkConfig
-    from ark_asr.run import fit
-
-    return load(ArkConfig, path, overrides), fit
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
+    from common.experiment import load_experiment
+
     cfg, fit = load_experiment(args.config, list(args.overrides))
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from common.train import Preempted
+    from common.training.preemption import Preempted
 
     try:
         summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -182,9 +162,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from askd_whisper.run import export
+    from common import registry
+    from common.runs import run_method
 
-    out = export(args.ckpt, args.out)
+    ckpt = Path(args.ckpt)
+    method = registry.get(run_method(ckpt.parent.parent))
+    if method.export is None:
+        raise ValueError(f"{ckpt}: method {method.name} has no export (its saved student directory is already loadable)")
+    out = method.export(ckpt, Path(args.out))
     print(f"exported a Hugging Face model to {out}")
     return 0
 
@@ -273,20 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+AUDIO_COMMANDS = ("evaluate", "fit", "cache-teacher", "demo", "data")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet()
-    from common.audio import AudioError
+    from common.audio import AudioError, DependencyError
     from common.data.manifests import ManifestError
     from common.io import RunDirExistsError
     from common.runs import RunError
     from common.teachers.cache import CacheMismatchError
 
     try:
+        if args.command in AUDIO_COMMANDS:  # fail at start-up, in one line, on a torch/torchaudio pair that cannot load
+            from common.audio import torchaudio_functional
+
+            torchaudio_functional()
         return int(args.func(args) or 0)
     except (ValueError, ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError,
-            RunError) as err:
+            RunError, DependencyError) as err:
         if os.environ.get("ASR_DISTILL_DEBUG"):
             raise
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)

@@ -137,7 +137,7 @@ def from_dict(schema: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"config '{where}': {err}") from err
 
 
-def _read_with_bases(p: Path, chain: tuple[Path, ...] = ()) -> Any:
+def read_with_bases(p: Path, chain: tuple[Path, ...] = ()) -> Any:
     """A YAML file as an OmegaConf node; a top-level ``_base_: OTHER.yaml`` (relative to the file) is read first and
     this file's values are merged over it (dicts merge key by key, lists and scalars replace)."""
     if not p.is_file():
@@ -154,7 +154,7 @@ def _read_with_bases(p: Path, chain: tuple[Path, ...] = ()) -> Any:
     node = OmegaConf.create(raw)
     if base_ref is None:
         return node
-    return OmegaConf.merge(_read_with_bases(p.parent / str(base_ref), chain + (p.resolve(),)), node)
+    return OmegaConf.merge(read_with_bases(p.parent / str(base_ref), chain + (p.resolve(),)), node)
 
 
 def load(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -171,7 +171,7 @@ def load(schema: type[T], path: str | Path | None = None, overrides: Sequence[st
             p = Path(path)
             if not p.is_file():
                 raise ConfigError(f"config file not found: {p}")
-            base = _read_with_bases(p)
+            base = read_with_bases(p)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override '{item}' is not of the form key=value")

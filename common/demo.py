@@ -9,7 +9,7 @@ rebuilds the tables):
  5. Ark-ASR: Ark-Base (SFT), + OPD, + TD, + TD + OPD, with tiny.en as the OPD teacher;
  6. the two tables (95 % bootstrap intervals), printed and written to OUT/results.md (+ results.tex).
 
-This is an entry point like ``common.cli``: it dispatches to both methods (library code in ``common`` never does).
+This is an entry point like ``common.cli``: it reaches both methods through the registry (``common.registry``).
 """
 
 from __future__ import annotations
@@ -46,24 +46,23 @@ class _Stages:
 
 
 def _fit(config: str, overrides: list[str]) -> dict:
-    from common.cli import load_experiment
+    from common.experiment import fit_experiment
 
-    cfg, fit = load_experiment(CONFIGS / config, overrides)
-    return fit(cfg, resume=True)
+    return fit_experiment(CONFIGS / config, overrides, resume=True)
 
 
 def _latency(test_manifest: str) -> dict:
     """tiny.en (4 decoder layers) vs its 2-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
     import torch
 
-    from askd_whisper.latency import measure
-    from askd_whisper.student import build_student
+    from common import registry
+    from common.latency import measure
     from common.data.manifests import load_manifest
     from common.data.datamodule import cut_audio
     from common.whisper import load_whisper
 
     teacher, proc = load_whisper("bundled:tiny.en")
-    student = build_student(teacher, 2).eval()
+    student = registry.get("askd_whisper").build_student(teacher, 2).eval()
     cut = next(iter(load_manifest(test_manifest)[0]))
     feats = proc.feature_extractor(cut_audio(cut), sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():

@@ -58,8 +58,8 @@ class EvalConfig:
     model: str = "bundled:tiny.en"
     """bundled:tiny.en, a local HF/asr-distill model directory, or a hub id."""
     kind: Literal["auto", "whisper", "qwen3_asr"] = "auto"
-    """Model family; auto: Qwen3-ASR when the name or the directory's config says so, else Whisper (saved Ark-ASR
-    students are recognised by the CLI from their ark_config.json)."""
+    """Model family; auto: a directory saved by a registered method (an Ark-ASR student), else Qwen3-ASR when the
+    name or the directory's config says so, else Whisper."""
     sets: list[str] = field(default_factory=list)
     """Test manifests; each set is named after its manifest's parent folder."""
     decoding: DecodeConfig = field(default_factory=DecodeConfig)
@@ -138,8 +138,15 @@ def model_kind(model: str) -> str:
 
 
 def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32", kind: str = "auto") -> Transcriber:
-    """A transcriber for any Whisper (bundled, local directory or hub id) or Qwen3-ASR checkpoint. Other model
-    families pass their own transcriber to :func:`run_evaluation` (the CLI does that for Ark-ASR students)."""
+    """A transcriber for a model directory saved by a registered method (e.g. an Ark-ASR student), or any Whisper
+    (bundled, local directory or hub id) or Qwen3-ASR checkpoint."""
+    if kind == "auto" and Path(model).is_dir():
+        from common import registry
+
+        for method in registry.methods().values():
+            found = method.load_transcriber(Path(model), device, DTYPES[dtype]) if method.load_transcriber else None
+            if found is not None:
+                return found
     kind = model_kind(model) if kind == "auto" else kind
     if kind == "qwen3_asr":
         from common.teachers.qwen3_asr import Qwen3ASRTeacher

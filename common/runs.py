@@ -76,3 +76,11 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"{path} not found")
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def run_method(run_dir: str | Path) -> str:
+    """The ``method`` a training run was made with (its ``config.yaml``)."""
+    method = run_config(run_dir).get("method")
+    if not method:
+        raise RunError(f"{Path(run_dir) / 'config.yaml'} names no method")
+    return str(method)

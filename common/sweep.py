@@ -8,8 +8,8 @@ is validated before anything starts. ``OUT_DIR/sweep.json`` lists the runs and t
 ``asr-distill table --sweep OUT_DIR`` makes the ablation table from it.
 
 SLURM: one array job through ``submitit`` (one array task per run, resources from the ``slurm`` section;
-``tasks_per_node = gpus_per_node`` so Lightning's SLURM environment starts DDP/FSDP; SIGUSR1 ``signal_delay_s``
-before the time limit makes the run checkpoint and requeue, see ``common.train.PreemptionCheckpoint``).
+``tasks_per_node = gpus_per_node`` so Lightning's SLURM environment starts DDP/FSDP; SIGUSR2 (submitit's pre-timeout signal) ``signal_delay_s``
+before the time limit makes the run checkpoint and requeue, see ``common.training.preemption.PreemptionCheckpoint``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class SlurmConfig:
     array_parallelism: int = 16
     """At most this many runs at once."""
     signal_delay_s: int = 120
-    """SIGUSR1 this long before the limit: the run checkpoints and requeues."""
+    """SIGUSR2 this long before the limit (submitit's signal): the run checkpoints and requeues."""
     setup: list[str] = field(default_factory=list)
     """Shell lines before the run (module load ..., source .venv/bin/activate)."""
 
@@ -117,8 +117,8 @@ def expand(cfg: SweepConfig) -> list[SweepRun]:
 
 def validate(cfg: SweepConfig, runs: list[SweepRun], extra: list[str] = ()) -> None:
     """Load every run's config through its schema: an unknown key or a bad value stops the sweep naming the run."""
-    from common.cli import load_experiment
     from common.config import ConfigError
+    from common.experiment import load_experiment
 
     if not Path(cfg.base).is_file():
         raise FileNotFoundError(f"sweep {cfg.name}: base config {cfg.base} not found")
@@ -174,12 +174,10 @@ class FitJob:
         self.base, self.overrides = base, list(overrides)
 
     def __call__(self) -> int:
-        from common.cli import main
+        from common.experiment import fit_experiment
 
-        code = main(["fit", "-c", self.base, *self.overrides, "--resume"])
-        if code:
-            raise RuntimeError(f"asr-distill fit exited with {code}")
-        return code
+        fit_experiment(self.base, self.overrides, resume=True)  # a preemption raises; submitit requeues (checkpoint)
+        return 0
 
     def checkpoint(self, *args: Any, **kwargs: Any):  # submitit.helpers.Checkpointable protocol
         import submitit

@@ -16,7 +16,7 @@ import numpy as np
 
 from common.runs import RunError, set_results, utterance_errors
 
-# Papers' own numbers (../shared/docs/papers.md), keyed by the set names our data recipes write.
+# Papers' own numbers (Ark-ASR arXiv 2605.28139 Table 1, ASKD-Whisper arXiv 2601.19919), keyed by the set names our data recipes write.
 PAPERS: dict[str, dict[str, Any]] = {
     "ark_table1": {
         "title": "Ark-ASR (arXiv 2605.28139) Table 1, greedy",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from askd_whisper.config import CurriculumConfig, SelfKDConfig
 from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teacher_weight
 from askd_whisper.student import build_student, spaced_layers
 
@@ -12,26 +13,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_lambda_schedules_values_and_monotone(kind):
-    assert teacher_weight(kind, 0.0, 0.9, 0.1) == pytest.approx(0.9)
-    assert teacher_weight(kind, 0.5, 0.9, 0.1) == pytest.approx(0.5)
-    assert teacher_weight(kind, 1.0, 0.9, 0.1) == pytest.approx(0.1)
-    vals = [teacher_weight(kind, r, 0.9, 0.0) for r in np.linspace(0, 1, 21)]
+    c = CurriculumConfig(schedule=kind, lambda_0=0.9, lambda_min=0.1)
+    assert teacher_weight(c, 0.0) == pytest.approx(0.9)
+    assert teacher_weight(c, 0.5) == pytest.approx(0.5)
+    assert teacher_weight(c, 1.0) == pytest.approx(0.1)
+    c0 = CurriculumConfig(schedule=kind, lambda_0=0.9, lambda_min=0.0)
+    vals = [teacher_weight(c0, r) for r in np.linspace(0, 1, 21)]
     assert all(a >= b for a, b in zip(vals, vals[1:]))
 
 
 def test_other_schedules():
-    assert teacher_weight("constant", 0.7, 0.9) == 0.9
-    assert [teacher_weight("exponential", 0, 0.8, 0.1, gamma=0.5, epoch=e) for e in range(4)] == [0.8, 0.4, 0.2, 0.1]
-    assert [teacher_weight("step", r, 0.8, 0.0, gamma=0.5, milestones=[0.3, 0.6]) for r in (0.0, 0.5, 1.0)] == [0.8, 0.4, 0.2]
-    assert self_kd_weight("linear", 0.5, 0.2, 0.8) == pytest.approx(0.5)
-    assert self_kd_weight("constant", 0.9, 0.2, 0.8) == 0.2
+    assert teacher_weight(CurriculumConfig(schedule="constant", lambda_0=0.9), 0.7) == 0.9
+    exp = CurriculumConfig(schedule="exponential", lambda_0=0.8, lambda_min=0.1, gamma=0.5)
+    assert [teacher_weight(exp, 0, epoch=e) for e in range(4)] == [0.8, 0.4, 0.2, 0.1]
+    step = CurriculumConfig(schedule="step", lambda_0=0.8, lambda_min=0.0, gamma=0.5, milestones=[0.3, 0.6])
+    assert [teacher_weight(step, r) for r in (0.0, 0.5, 1.0)] == [0.8, 0.4, 0.2]
+    assert self_kd_weight(SelfKDConfig(beta_schedule="linear", beta_0=0.2, beta_max=0.8), 0.5) == pytest.approx(0.5)
+    assert self_kd_weight(SelfKDConfig(beta_schedule="constant", beta_0=0.2, beta_max=0.8), 0.9) == 0.2
 
 
 def test_adaptive_weights_gating_and_confidence():
     t = torch.tensor([[[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])
     y = torch.tensor([[0, 2]])
-    assert adaptive_token_weights("gating", 0.5, t, y).tolist() == [[0.5, 0.0]]
-    conf = adaptive_token_weights("confidence", 1.0, t, y)
+    top1_prob, top1 = torch.softmax(t, -1).max(-1)
+    assert adaptive_token_weights("gating", 0.5, top1, top1_prob, y).tolist() == [[0.5, 0.0]]
+    conf = adaptive_token_weights("confidence", 1.0, top1, top1_prob, y)
     assert conf[0, 0].item() == pytest.approx(torch.softmax(t[0, 0], -1).max().item())
 
 
@@ -94,6 +100,31 @@ def teacher(whisper_tiny):
 def _weights(run_dir):
     ck = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return ck["state_dict"], ck["askd"]["self_teacher"]
+
+
+def test_weights_across_the_phase_boundary(tiny_corpus, tmp_path, teacher):
+    """weights(): phase A lambda from the schedule with CE 1 - lambda (or the constant ce_weight), lambda 0 without a
+    teacher, then phase B beta from its schedule with CE 1 - beta; the boundary at self_kd.boundary * max_steps."""
+    from askd_whisper.module import AskdModule
+
+    sk = {"boundary": 0.6, "beta_schedule": "linear", "beta_0": 0.2, "beta_max": 0.8}
+    cur = {"schedule": "linear", "lambda_0": 0.9, "lambda_min": 0.1}
+    m = AskdModule(_cfg(tiny_corpus, tmp_path / "w", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur), teacher)
+    assert m.boundary_step == 6
+    approx = lambda *v: pytest.approx(v)  # noqa: E731
+    assert tuple(m.weights(0)) == approx("A", 0.9, 0.0, 0.1)
+    assert tuple(m.weights(3)) == approx("A", 0.5, 0.0, 0.5)
+    assert tuple(m.weights(5)) == approx("A", 0.1 + 0.8 / 6, 0.0, 0.9 - 0.8 / 6)  # last phase-A step: r = 5/6
+    assert tuple(m.weights(6)) == approx("B", 0.0, 0.2, 0.8)  # the boundary step is phase B
+    assert tuple(m.weights(8)) == approx("B", 0.0, 0.5, 0.5)
+    const_ce = _cfg(tiny_corpus, tmp_path / "c", trainer={"max_steps": 10}, self_kd=sk,
+                    curriculum={**cur, "ce_weight": 0.8, "lambda_0": 1.0, "lambda_min": 1.0, "schedule": "constant"})
+    assert tuple(AskdModule(const_ce, teacher).weights(2)) == approx("A", 1.0, 0.0, 0.8)
+    no_teacher = _cfg(tiny_corpus, tmp_path / "n", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur,
+                      teacher_source="none")
+    assert tuple(AskdModule(no_teacher, teacher).weights(0)) == approx("A", 0.0, 0.0, 1.0)
+    off = _cfg(tiny_corpus, tmp_path / "o", trainer={"max_steps": 10}, self_kd={**sk, "enabled": False}, curriculum=cur)
+    assert AskdModule(off, teacher).boundary_step == 10 and m.weights(9).phase == "B"
 
 
 def test_fit_then_resume_is_the_same_run(tiny_corpus, tmp_path, teacher):

@@ -95,7 +95,7 @@ def schema_for(path: Path) -> type:
 
         return SweepConfig
     if top in ("paper", "demo"):  # experiments name their method; the rest by file name
-        from common.train import method_of
+        from common.experiment import method_of
 
         try:
             top = method_of(path, [])
@@ -131,4 +131,4 @@ def test_every_config_file_loads():
     for f in files:
         schema = schema_for(f)
         cfg = load(schema, f)
-        assert cfg is not None, f
+        assert isinstance(cfg, schema), f

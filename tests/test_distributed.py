@@ -132,7 +132,7 @@ def test_signals_checkpoint_and_resume_to_the_same_weights(tiny_corpus, tmp_path
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from askd_whisper.run import fit
-    from common.train import Preempted
+    from common.training import Preempted
 
     fit(_askd_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
     full = _state(tmp_path / "full")
@@ -162,7 +162,7 @@ def test_resume_without_a_checkpoint_starts_the_run(tiny_corpus, tmp_path, teach
 def _shard_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from common.train import shard_frozen
+    from common.training import shard_frozen
     from common.whisper import load_whisper
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -199,7 +199,7 @@ def test_sharded_teacher_scores_like_the_replicated_one(tmp_path, whisper_tiny):
 def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
     """Activation checkpointing recomputes exactly (same weights); accumulation counts optimizer steps."""
     from ark_asr.run import fit
-    from common.train import enable_activation_checkpointing, layer_classes
+    from common.training import enable_activation_checkpointing, layer_classes
 
     base = dict(trainer={"max_steps": 2, "accumulate_grad_batches": 2}, data={"test": []})
     plain = fit(_ark_cfg(tiny_corpus, tmp_path / "plain", "sft", **base))
@@ -223,7 +223,7 @@ def test_fsdp_strategy_wraps_transformer_layers(whisper_tiny):
     """The FSDP strategy built from config (it runs only on GPUs; here its construction is checked)."""
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from common.train import TrainerConfig, make_strategy
+    from common.training import TrainerConfig, make_strategy
 
     model, _ = whisper_tiny
     s = make_strategy(TrainerConfig(strategy="fsdp", activation_checkpointing=True), model)

@@ -177,9 +177,6 @@ class AudioDataModule(L.LightningDataModule):
         if not self.test_sets and self.cfg.test:
             self.test_sets = self._load(self.cfg.test)
 
-    def validation_report(self) -> str:
-        return "\n".join(r.summary() for r in self.reports)
-
     # -- loaders --------------------------------------------------------------------------------
     def train_sampler(self) -> DynamicBucketingSampler:
         world, rank = _dist_info(getattr(self, "trainer", None))

@@ -1,0 +1,86 @@
+"""The training sections of an experiment config: ``optim`` and ``trainer`` (with ``trainer.fsdp``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up and a decay schedule."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up, to min_lr_ratio * lr at trainer.max_steps."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr (cosine/linear)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+
+
+@dataclass
+class FSDPConfig:
+    """FSDP settings (``trainer.strategy: fsdp``; GPU only). The student is wrapped at its transformer layers
+    (the classes named by each Hugging Face model's ``_no_split_modules``: encoder and decoder layers)."""
+
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
+    """torch FSDP sharding strategy."""
+    state_dict_type: Literal["full", "sharded"] = "full"
+    """full: one consolidated checkpoint that loads under any strategy / world size; sharded: per-rank files."""
+    cpu_offload: bool = False
+    """Offload parameters to CPU between uses."""
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings; the strategy is config, modules never branch on it."""
+
+    max_steps: int = 1000
+    """Optimizer steps."""
+    accelerator: str = "auto"
+    """cpu, gpu or auto."""
+    devices: int = 1
+    """Devices per node."""
+    num_nodes: int = 1
+    """Nodes (SLURM: one task per device)."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Distribution strategy (modules never branch on it)."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """FSDP settings (strategy fsdp)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer layer's activations in backward (student layers; FSDP: Lightning's policy)."""
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    """Numeric precision."""
+    accumulate_grad_batches: int = 1
+    """Gradient accumulation: one optimizer step per this many batches, so the global batch of an optimizer
+    step is ``data.batch_seconds * accumulate_grad_batches`` seconds of audio whatever the world size."""
+    gradient_clip_val: Optional[float] = 1.0
+    """Gradient-norm clipping (None: off)."""
+    val_every_n_steps: Optional[int] = None
+    """Validation interval in steps (None: at the end of each epoch)."""
+    ckpt_every_n_steps: Optional[int] = None
+    """Also keep a checkpoint every n steps (last.ckpt is always kept)."""
+    log_every_n_steps: int = 10
+    """Logging interval."""
+    seed: int = 0
+    """Global seed (weights init, sampling, dropout)."""
+    deterministic: bool = False
+    """torch deterministic algorithms."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    slurm_requeue: bool = True
+    """Under SLURM: on SIGUSR1 (``#SBATCH --signal=USR1@120``) save last.ckpt and requeue the job."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.accumulate_grad_batches < 1:
+            raise ValueError("max_steps and accumulate_grad_batches must be >= 1")

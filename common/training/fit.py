@@ -1,0 +1,134 @@
+"""The run-directory life cycle shared by both methods (``asr-distill fit``).
+
+A run directory holds ``config.yaml``, ``meta.json`` (git revision), ``checkpoints/`` (``last.ckpt`` plus step
+checkpoints), TensorBoard logs under ``tb/``, per-test-set evaluation files and, last, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import lightning as L
+import torch
+
+from common.training.config import OptimConfig, TrainerConfig
+from common.training.preemption import Preempted, PreemptionCheckpoint, StopAfterSteps
+from common.training.strategy import TeacherPlacement
+from common.training.trainer import build_trainer
+
+
+class ExperimentConfig(Protocol):
+    """What :func:`run_fit` reads from a method's experiment config (``ArkConfig``, ``AskdConfig``)."""
+
+    method: str
+    run_dir: str
+    optim: OptimConfig
+    trainer: TrainerConfig
+    data: Any  # common.data.datamodule.DataConfig
+    decoding: Any  # common.evaluate.DecodeConfig
+    teacher: Any  # common.teachers.TeacherConfig (placement of the frozen teacher)
+
+
+def run_fit(cfg: ExperimentConfig, build: Callable[[], tuple[L.LightningModule, Any, dict]], transcriber: Callable[[L.LightningModule], Any],
+            resume: bool = False, overwrite: bool = False, stop_after_steps: Optional[int] = None,
+            on_trained: Optional[Callable[[L.LightningModule, Path], None]] = None,
+            callbacks: Optional[list] = None) -> dict[str, Any]:
+    """The run-directory life cycle shared by both methods.
+
+    prepare (or resume) ``cfg.run_dir`` -> seed -> config.yaml + meta.json -> ``build()`` (module, datamodule, info)
+    -> Trainer.fit -> last.ckpt -> ``on_trained`` (e.g. save the student) -> evaluate ``cfg.data.test`` with
+    ``transcriber(module)`` on rank 0 -> summary.json (last). ``stop_after_steps`` stops early and returns without a
+    summary. ``resume`` continues from ``last.ckpt`` when there is one and starts afresh otherwise (so a requeued
+    job can always pass ``--resume``). A SIGTERM/SIGUSR1 during fit leaves ``last.ckpt`` and raises
+    :class:`Preempted` / Lightning's ``SIGTERMException``.
+    """
+    import json
+    import time
+
+    from common.config import save_yaml
+    from common.io import SUMMARY, atomic_write_json, git_revision, is_complete, prepare_run_dir
+
+    run_dir = Path(cfg.run_dir)
+    if resume and is_complete(run_dir):
+        return json.loads((run_dir / SUMMARY).read_text())
+    ckpt = last_checkpoint(run_dir) if resume else None
+    if (not resume or not run_dir.exists()) and launch_rank() == 0:
+        prepare_run_dir(run_dir, overwrite=overwrite)
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    module, dm, info = build()
+    cbs = [TeacherPlacement(cfg.teacher)] + list(callbacks or [])
+    if stop_after_steps:
+        cbs.append(StopAfterSteps(stop_after_steps))
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks=cbs, module=module)
+    if trainer.is_global_zero:
+        save_yaml(cfg, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "meta.json", {"git_revision": git_revision(), "method": cfg.method, "torch": torch.__version__,
+                                                  "world_size": trainer.world_size, "resumed_from": str(ckpt) if ckpt else None})
+    t0, c0 = time.time(), time.process_time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    train_s, train_cpu = time.time() - t0, time.process_time() - c0
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    preempt = next(c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
+    if preempt.stopped_at is not None:
+        if preempt.deferred is not None:  # e.g. submitit / Lightning requeue the job now that the checkpoint exists
+            preempt.deferred()
+        raise Preempted(preempt.received or signal.SIGUSR1, trainer.global_step, preempt.path)
+    world = trainer.world_size
+    _leave_process_group()  # the rest runs on rank 0 alone
+    if trainer.global_step < cfg.trainer.max_steps:  # stopped early: resumable, not complete
+        return {"method": cfg.method, "steps": trainer.global_step, "stopped_early": True}
+    if not trainer.is_global_zero:
+        return {"method": cfg.method, "steps": trainer.global_step, "rank": trainer.global_rank}
+    if cfg.trainer.strategy == "fsdp":  # the sharded module is unusable outside the trainer: reload the full weights
+        module = _reload(build, run_dir / "checkpoints" / "last.ckpt")
+    if on_trained is not None:
+        on_trained(module, run_dir)
+    summary: dict[str, Any] = {"method": cfg.method, "steps": trainer.global_step, "train_seconds": round(train_s, 1),
+                               "train_cpu_seconds": round(train_cpu, 1), "torch_threads": torch.get_num_threads(),
+                               "world_size": world, "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+                               **info}
+    if cfg.data.test:
+        summary.update(evaluate_test_sets(cfg, module, transcriber, run_dir))
+    atomic_write_json(run_dir / SUMMARY, summary)
+    return summary
+
+
+def evaluate_test_sets(cfg: ExperimentConfig, module: L.LightningModule, transcriber: Callable[[L.LightningModule], Any], run_dir: Path) -> dict:
+    """Decode ``cfg.data.test`` with the trained model into ``run_dir/eval`` (per-utterance errors kept)."""
+    from common.evaluate import EvalConfig, markdown_table, run_evaluation
+
+    module.eval()
+    ev = EvalConfig(out_dir=str(run_dir / "eval"), model=str(run_dir), sets=list(cfg.data.test), decoding=cfg.decoding,
+                    bad_sample_policy=cfg.data.bad_sample_policy)
+    res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
+    return {"sets": res["sets"], "table": markdown_table(res, run_dir.name)}
+
+
+def launch_rank() -> int:
+    """This process's global rank as the launcher (torchrun, srun, Lightning) set it, before any process group exists."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _reload(build: Callable[[], tuple[L.LightningModule, Any, dict]], ckpt: Path) -> L.LightningModule:
+    module, _, _ = build()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"], strict=False)
+    module.on_load_checkpoint(state)
+    return module
+
+
+def last_checkpoint(run_dir: Path) -> Optional[Path]:
+    p = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return p if p.is_file() else None

@@ -1,0 +1,71 @@
+"""Validation bookkeeping shared by both modules: error rates per dev set and TensorBoard samples."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+
+
+class ValidationLog(torch.nn.Module):
+    """Validation bookkeeping of both modules: one :class:`~common.metrics.ErrorRate` per dev set (a sub-module, so it
+    follows the device; counts synced across ranks), logged per set as the error rate with its summed counts, and a
+    few samples of the first dev set to TensorBoard - reference, student and teacher transcripts as a text table, and
+    the audio."""
+
+    def __init__(self, dev_names: Sequence[str], n_samples: int = 3) -> None:
+        from common.metrics import ErrorRate
+
+        super().__init__()
+        self.names = list(dev_names)
+        self.metrics = torch.nn.ModuleList([ErrorRate() for _ in self.names])
+        self.n = n_samples
+        self.samples: list[dict[str, Any]] = []
+        self.teacher_texts: dict[str, str] = {}
+
+    def update(self, batch: dict[str, Any], hyps: list[str], dataloader_idx: int = 0) -> None:
+        """Score one batch of dev set ``dataloader_idx`` and keep the first few utterances as samples."""
+        self.metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
+        if dataloader_idx != 0 or len(self.samples) >= self.n:
+            return
+        audios = batch.get("audios") or [None] * len(hyps)
+        for uid, ref, hyp, lang, audio in zip(batch["ids"], batch["texts"], hyps, batch["languages"], audios):
+            if len(self.samples) < self.n:
+                self.samples.append({"id": uid, "ref": ref, "hyp": hyp, "language": lang, "audio": audio})
+
+    def transcribe_samples(self, module: L.LightningModule, teacher: Any) -> None:
+        """The teacher's transcripts of the kept samples, for the TensorBoard table: once per utterance (the teacher is
+        frozen), on rank 0 only, skipped when the teacher is sharded across ranks (one rank cannot run it alone)."""
+        if teacher is None or module._trainer is None or not module._trainer.is_global_zero:
+            return
+        missing = [s for s in self.samples if s["id"] not in self.teacher_texts and s["audio"] is not None]
+        if not missing or any(type(p).__name__ == "DTensor" for p in teacher.model.parameters()):
+            return
+        with torch.no_grad():
+            gen = teacher.generate(teacher.prepare([s["audio"] for s in missing], [s["language"] for s in missing]),
+                                   max_new_tokens=64)
+        self.teacher_texts.update({s["id"]: t for s, t in zip(missing, gen.texts)})
+
+    def log(self, module: L.LightningModule) -> None:
+        """Log each dev set's error rate and counts (summed over ranks) and, on rank 0, the sample table and audio."""
+        for name, m in zip(self.names, self.metrics):
+            r = m.compute()  # counts summed over ranks
+            module.log(f"val/{name}/error_rate", r["error_rate"].float())
+            for key in ("n_utts", "ref_units", "sub", "del", "ins"):
+                module.log(f"val/{name}/{key}", r[key].float())
+            m.reset()
+        samples, self.samples = self.samples, []
+        if not samples or module._trainer is None or not module._trainer.is_global_zero:
+            return
+        tb = getattr(module.logger, "experiment", None)
+        if tb is None or not hasattr(tb, "add_text"):
+            return
+        rows = ["| utterance | reference | student | teacher |", "|---|---|---|---|"]
+        for s in samples:
+            rows.append(f"| {s['id']} | {s['ref']} | {s['hyp']} | {self.teacher_texts.get(s['id'], '-')} |")
+        step = module.global_step
+        tb.add_text(f"val/{self.names[0] if self.names else 'dev'}/samples", "\n".join(rows), step)
+        for i, s in enumerate(samples):
+            if s["audio"] is not None:
+                tb.add_audio(f"val/audio/{i}", torch.as_tensor(s["audio"]).float()[None], step, sample_rate=16000)
