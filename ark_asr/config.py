@@ -96,7 +96,9 @@ class ArkConfig:
     """Selects this schema in `asr-distill fit`."""
     model: ArkModelConfig = field(default_factory=ArkModelConfig)
     """The student."""
-    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(kind="qwen3_asr", name_or_path="Qwen/Qwen3-ASR-1.7B-hf"))
+    teacher: TeacherConfig = field(
+        default_factory=lambda: TeacherConfig(kind="qwen3_asr", name_or_path="Qwen/Qwen3-ASR-1.7B-hf")
+    )
     """The frozen teacher (opd)."""
     teacher_cache: Optional[str] = None
     """Teacher cache with transcripts (td)."""
@@ -106,7 +108,11 @@ class ArkConfig:
     """OPD options."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_duration=30.0))
     """Manifests and batching."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.005, warmup_steps=1000, schedule="cosine"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=1e-4, betas=(0.9, 0.95), weight_decay=0.005, warmup_steps=1000, schedule="cosine"
+        )
+    )
     """Optimizer (released launcher defaults)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Trainer."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from ark_asr.config import ArkModelConfig
-from common.audio import TARGET_SR, as_numpy as _as_numpy
+from common.audio import TARGET_SR
+from common.audio import as_numpy as _as_numpy
 from common.teachers.base import pad_targets, predicting_states, right_pad
 
 ARK_SPECIALS = ["<|user|>", "<|begin_of_audio|>", "<|audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"]
@@ -32,12 +34,29 @@ STOP = "<|im_end|>"
 
 # Architectures for offline (meta-device) construction at paper scale; the real weights come from the hub.
 PRESETS: dict[str, dict[str, Any]] = {
-    "whisper-large-v3": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-                             decoder_layers=2, decoder_attention_heads=20, decoder_ffn_dim=5120, num_mel_bins=128,
-                             vocab_size=51866),
-    "qwen3-0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                       intermediate_size=3072, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                       max_position_embeddings=40960, rope_theta=1000000.0),
+    "whisper-large-v3": dict(
+        d_model=1280,
+        encoder_layers=32,
+        encoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_layers=2,
+        decoder_attention_heads=20,
+        decoder_ffn_dim=5120,
+        num_mel_bins=128,
+        vocab_size=51866,
+    ),
+    "qwen3-0.6b": dict(
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=3072,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+    ),
 }
 
 
@@ -55,8 +74,11 @@ class RotarySelfAttention(nn.Module):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
         self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
-        self.register_buffer("inv_freq", base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
-                             persistent=False)
+        self.register_buffer(
+            "inv_freq",
+            base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
+            persistent=False,
+        )
 
     @staticmethod
     def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -138,13 +160,17 @@ def _whisper_encoder(cfg: ArkModelConfig):
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     if cfg.encoder.startswith("preset:"):
-        wcfg = WhisperConfig(**PRESETS[cfg.encoder[len("preset:"):]])
-        return WhisperForConditionalGeneration(wcfg).model.encoder, WhisperFeatureExtractor(feature_size=wcfg.num_mel_bins)
+        wcfg = WhisperConfig(**PRESETS[cfg.encoder[len("preset:") :]])
+        return WhisperForConditionalGeneration(wcfg).model.encoder, WhisperFeatureExtractor(
+            feature_size=wcfg.num_mel_bins
+        )
     from common.whisper import load_whisper, resolve_whisper_path
 
     if cfg.encoder_init == "random":
         wcfg = WhisperConfig.from_pretrained(resolve_whisper_path(cfg.encoder))
-        return WhisperForConditionalGeneration(wcfg).model.encoder, WhisperFeatureExtractor(feature_size=wcfg.num_mel_bins)
+        return WhisperForConditionalGeneration(wcfg).model.encoder, WhisperFeatureExtractor(
+            feature_size=wcfg.num_mel_bins
+        )
     model, proc = load_whisper(cfg.encoder)
     return model.model.encoder.train(), proc.feature_extractor
 
@@ -153,7 +179,7 @@ def _llm(cfg: ArkModelConfig, vocab_size: int):
     from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     if cfg.llm == "config" or cfg.llm.startswith("preset:"):
-        fields = dict(cfg.llm_config) if cfg.llm == "config" else dict(PRESETS[cfg.llm[len("preset:"):]])
+        fields = dict(cfg.llm_config) if cfg.llm == "config" else dict(PRESETS[cfg.llm[len("preset:") :]])
         fields["vocab_size"] = max(fields.get("vocab_size", 0), vocab_size)
         return Qwen3ForCausalLM(Qwen3Config(**fields))
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm)
@@ -208,8 +234,13 @@ class ArkStudent(nn.Module):
     # -- inputs ---------------------------------------------------------------------------------
     def features(self, audios: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Log-mel features padded to the longest utterance (rounded up to 2*merge frames) + frame counts."""
-        f = self.feature_extractor(_as_numpy(audios), sampling_rate=TARGET_SR, padding="longest", return_attention_mask=True,
-                                   return_tensors="pt")
+        f = self.feature_extractor(
+            _as_numpy(audios),
+            sampling_rate=TARGET_SR,
+            padding="longest",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         feats, lens = f["input_features"], f["attention_mask"].sum(-1)
         mult = 2 * self.cfg.merge
         pad = (-feats.shape[-1]) % mult
@@ -221,12 +252,20 @@ class ArkStudent(nn.Module):
         return [max(1, math.ceil(int(f) / 2) // self.cfg.merge) for f in feature_lens]
 
     def prompt_ids(self, n_audio: int) -> list[int]:
-        text = ("<|user|><|begin_of_audio|>" + "<|audio|>" * n_audio + "<|end_of_audio|>" + self.cfg.instruction + "<|assistant|>")
+        text = (
+            "<|user|><|begin_of_audio|>"
+            + "<|audio|>" * n_audio
+            + "<|end_of_audio|>"
+            + self.cfg.instruction
+            + "<|assistant|>"
+        )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def encode_text(self, text: str) -> list[int]:
         """Transcript ids ending with the stop token."""
-        return self.tokenizer.encode(self.cfg.transcript_prefix + text.strip(), add_special_tokens=False) + [self.stop_id]
+        return self.tokenizer.encode(self.cfg.transcript_prefix + text.strip(), add_special_tokens=False) + [
+            self.stop_id
+        ]
 
     def audio_embeds(self, feats: torch.Tensor, n_tokens: Sequence[int]) -> torch.Tensor:
         """Concatenated adapted audio embeddings of the batch, row after row: (sum n_tokens, d_llm)."""
@@ -273,8 +312,15 @@ class ArkStudent(nn.Module):
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, feats: torch.Tensor, feature_lens: torch.Tensor, max_new_tokens: int = 256, do_sample: bool = False,
-                 temperature: float = 1.0, record_topk: int = 0) -> dict[str, Any]:
+    def generate(
+        self,
+        feats: torch.Tensor,
+        feature_lens: torch.Tensor,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        record_topk: int = 0,
+    ) -> dict[str, Any]:
         """Batched KV-cached decoding from left-padded prompts. Returns ``ids`` (lists without the stop token),
         ``stopped`` (bools) and, with ``record_topk``, ``topk`` ((steps, k) long per row, the chosen id included)."""
         from transformers import LogitsProcessorList
@@ -294,9 +340,18 @@ class ArkStudent(nn.Module):
         rec = _RecordTopK(record_topk) if record_topk else None
         if rec:
             procs.append(rec)
-        out = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature if do_sample else None, top_k=None, top_p=None,
-                                eos_token_id=self.stop_id, pad_token_id=self.pad_id, logits_processor=LogitsProcessorList(procs))
+        out = self.llm.generate(
+            inputs_embeds=emb,
+            attention_mask=att,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_k=None,
+            top_p=None,
+            eos_token_id=self.stop_id,
+            pad_token_id=self.pad_id,
+            logits_processor=LogitsProcessorList(procs),
+        )
         seqs = out.tolist()
         res: dict[str, Any] = {"ids": [], "stopped": []}
         for s in seqs:
@@ -328,10 +383,12 @@ class ArkStudent(nn.Module):
             import copy
 
             llm = copy.deepcopy(llm).merge_and_unload()
-        sd = {**{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
-              **{f"norm.{k}": v for k, v in self.norm.state_dict().items()},
-              **{f"adapter.{k}": v for k, v in self.adapter.state_dict().items()},
-              **{f"llm.{k}": v for k, v in llm.state_dict().items()}}
+        sd = {
+            **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
+            **{f"norm.{k}": v for k, v in self.norm.state_dict().items()},
+            **{f"adapter.{k}": v for k, v in self.adapter.state_dict().items()},
+            **{f"llm.{k}": v for k, v in llm.state_dict().items()},
+        }
         sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
         if "llm.lm_head.weight" in sd and llm.config.tie_word_embeddings:
             sd.pop("llm.lm_head.weight")
@@ -339,12 +396,16 @@ class ArkStudent(nn.Module):
         self.tokenizer.save_pretrained(out)
         self.feature_extractor.save_pretrained(out)
         enc_cfg = self._encoder_config.to_dict()
-        atomic_write_json(out / "ark_config.json", {"model": asdict(self.cfg), "encoder_config": enc_cfg,
-                                                    "llm_config": llm.config.to_dict()})
+        atomic_write_json(
+            out / "ark_config.json",
+            {"model": asdict(self.cfg), "encoder_config": enc_cfg, "llm_config": llm.config.to_dict()},
+        )
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ArkStudent":
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> ArkStudent:
         from safetensors.torch import load_file
         from transformers import AutoFeatureExtractor, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -390,8 +451,11 @@ def build_student(cfg: ArkModelConfig, device: str | torch.device = "cpu") -> Ar
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
-        lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=[
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        lcfg = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )
         student.llm = get_peft_model(student.llm, lcfg)
     return student
 
@@ -403,7 +467,7 @@ class ArkTranscriber:
         self.student, self.name = student, name
 
     @classmethod
-    def from_dir(cls, path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "ArkTranscriber":
+    def from_dir(cls, path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ArkTranscriber:
         return cls(ArkStudent.from_pretrained(path, device, dtype).eval(), name=str(path))
 
     def collate(self, audios, texts, languages) -> dict[str, Any]:
@@ -411,5 +475,7 @@ class ArkTranscriber:
 
     @torch.no_grad()
     def transcribe(self, batch: dict[str, Any], decoding) -> list[str]:
-        out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=decoding.max_new_tokens)
+        out = self.student.generate(
+            batch["input_features"], batch["feature_lens"], max_new_tokens=decoding.max_new_tokens
+        )
         return [self.student.decode(ids) for ids in out["ids"]]

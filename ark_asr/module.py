@@ -41,7 +41,9 @@ class ArkCollator:
 
 
 class ArkModule(L.LightningModule):
-    def __init__(self, cfg: ArkConfig, student: ArkStudent, teacher=None, token_map=None, dev_names: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, cfg: ArkConfig, student: ArkStudent, teacher=None, token_map=None, dev_names: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self.cfg, self.student = cfg, student
         object.__setattr__(self, "teacher", teacher)  # frozen, not a submodule: never in state_dict or optimizer
@@ -75,8 +77,13 @@ class ArkModule(L.LightningModule):
         t0 = time.perf_counter()
         # 1-2. rollout without grad; empty rollouts fall back to the reference
         with gathered_params(s):  # FSDP: one all-gather per rollout, not per generated token
-            roll = s.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=o.max_new_tokens,
-                              do_sample=o.rollout == "sample", temperature=o.temperature)
+            roll = s.generate(
+                batch["input_features"],
+                batch["feature_lens"],
+                max_new_tokens=o.max_new_tokens,
+                do_sample=o.rollout == "sample",
+                temperature=o.temperature,
+            )
         texts = [s.decode(ids) for ids in roll["ids"]]
         empty = [not t for t in texts]
         texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
@@ -121,9 +128,14 @@ class ArkModule(L.LightningModule):
         if o.dump_every and self.global_step % o.dump_every == 0 and trainer is not None and trainer.is_global_zero:
             self.dump_positions(S, K, cand & torch.isfinite(lpT), mask, zS, lpT, cand, sc, tgt, texts, batch)
         logs.update(time_rollout=t1 - t0, time_teacher=t2 - t1, time_rescore_loss=time.perf_counter() - t2)
-        logs.update(opd_loss=loss, rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
-                    empty_rollouts=float(sum(empty)), stopped_ratio=float(sum(roll["stopped"])) / len(texts),
-                    retok_mismatch=tm.stats.mismatch_rate, unmapped_cut=float(n_cut))
+        logs.update(
+            opd_loss=loss,
+            rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
+            empty_rollouts=float(sum(empty)),
+            stopped_ratio=float(sum(roll["stopped"])) / len(texts),
+            retok_mismatch=tm.stats.mismatch_rate,
+            unmapped_cut=float(n_cut),
+        )
         return loss, logs
 
     @torch.no_grad()
@@ -139,7 +151,7 @@ class ArkModule(L.LightningModule):
 
     @torch.no_grad()
     def dump_positions(self, S, K, finite_cand, mask, zS, lpT, cand, sc, tgt, texts, batch) -> None:
-        """Per-position OPD diagnostics of this batch, for notebooks (02_opd_diagnostics): an .npz in RUN/diagnostics."""
+        """Per-position OPD diagnostics of this batch for the notebooks (02_opd_diagnostics): RUN/diagnostics/*.npz."""
         import numpy as np
 
         from common.io import atomic_write_bytes
@@ -148,11 +160,21 @@ class ArkModule(L.LightningModule):
         per_kl = union_topk_kl(zS.detach(), lpT, cand, mask, o.tau, o.direction, o.jsd_beta, reduction="none")
         inter = teacher_entries_in_student(S, K)
         arrays = {
-            "mask": mask.cpu().numpy(), "n_union": finite_cand.sum(-1).cpu().numpy(),
-            "n_overlap": inter.sum(-1).cpu().numpy(), "kl": per_kl.float().cpu().numpy(),
-            "teacher_mass_overlap": (sc.topk_logprobs[:, :T].to(inter.device).exp() * inter).sum(-1).float().cpu().numpy(),
-            "student_tokens": tgt.cpu().numpy(), "top_k": np.array(o.top_k), "step": np.array(self.global_step),
-            "texts": np.array(texts), "references": np.array(batch["texts"]), "ids": np.array(batch["ids"]),
+            "mask": mask.cpu().numpy(),
+            "n_union": finite_cand.sum(-1).cpu().numpy(),
+            "n_overlap": inter.sum(-1).cpu().numpy(),
+            "kl": per_kl.float().cpu().numpy(),
+            "teacher_mass_overlap": (sc.topk_logprobs[:, :T].to(inter.device).exp() * inter)
+            .sum(-1)
+            .float()
+            .cpu()
+            .numpy(),
+            "student_tokens": tgt.cpu().numpy(),
+            "top_k": np.array(o.top_k),
+            "step": np.array(self.global_step),
+            "texts": np.array(texts),
+            "references": np.array(batch["texts"]),
+            "ids": np.array(batch["ids"]),
         }
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
@@ -164,7 +186,9 @@ class ArkModule(L.LightningModule):
         if not batch["ids"]:
             return
         with gathered_params(self.student):
-            out = self.student.generate(batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens)
+            out = self.student.generate(
+                batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens
+            )
         hyps = [self.student.decode(i) for i in out["ids"]]
         self.val_log.update(batch, hyps, dataloader_idx)
 

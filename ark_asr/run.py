@@ -24,7 +24,9 @@ def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dic
     dm.setup("fit")
     info: dict[str, Any] = {}
     if cfg.stage == "td":
-        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(dm.train_cuts, TeacherCache(cfg.teacher_cache), cfg.td_max_wer)
+        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(
+            dm.train_cuts, TeacherCache(cfg.teacher_cache), cfg.td_max_wer
+        )
     token_map = None
     if cfg.stage == "opd":
         teacher = teacher or build_teacher(cfg.teacher)
@@ -33,8 +35,21 @@ def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dic
     return ArkModule(cfg, student, teacher, token_map, dev_names=tuple(dm.dev_names)), dm, info
 
 
-def fit(cfg: ArkConfig, resume: bool = False, overwrite: bool = False, teacher=None,
-        stop_after_steps: Optional[int] = None, callbacks: Optional[list] = None) -> dict[str, Any]:
-    return run_fit(cfg, lambda: build(cfg, teacher), lambda m: ArkTranscriber(m.student, name=f"ark-{cfg.stage}"),
-                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps, callbacks=callbacks,
-                   on_trained=lambda m, run_dir: m.student.save_pretrained(Path(run_dir) / "student"))
+def fit(
+    cfg: ArkConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    teacher=None,
+    stop_after_steps: Optional[int] = None,
+    callbacks: Optional[list] = None,
+) -> dict[str, Any]:
+    return run_fit(
+        cfg,
+        lambda: build(cfg, teacher),
+        lambda m: ArkTranscriber(m.student, name=f"ark-{cfg.stage}"),
+        resume=resume,
+        overwrite=overwrite,
+        stop_after_steps=stop_after_steps,
+        callbacks=callbacks,
+        on_trained=lambda m, run_dir: m.student.save_pretrained(Path(run_dir) / "student"),
+    )

@@ -118,4 +118,6 @@ class AskdConfig:
         if self.teacher_source == "cache" and self.labels == "pseudo":
             raise ValueError("teacher_source=cache scores the references; with labels=pseudo use teacher_source=online")
         if (self.teacher_source == "cache" or self.labels == "pseudo") and not self.teacher_cache:
-            raise ValueError("teacher_cache: a teacher cache directory is needed for teacher_source=cache or labels=pseudo")
+            raise ValueError(
+                "teacher_cache: a teacher cache directory is needed for teacher_source=cache or labels=pseudo"
+            )

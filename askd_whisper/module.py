@@ -1,6 +1,7 @@
 """ASKD-Whisper LightningModule: phase A (decaying teacher KD) then phase B (self-KD).
 
-phase A (step < boundary):  L = w_CE(r) CE(y) + (1/|T|) sum_t w_t tau^2 KL(pT_t || pS_t),  w_t = lambda(r) [x gating/confidence]
+phase A (step < boundary):  L = w_CE(r) CE(y) + (1/|T|) sum_t w_t tau^2 KL(pT_t || pS_t),
+                            w_t = lambda(r) [x gating/confidence]
 phase B (step >= boundary): L = (1 - beta) CE(y) + beta tau^2 KL(pSelf || pS)
 The teacher is frozen, kept outside the module's parameters and checkpoints; the self-teacher (snapshot, EMA or
 previous-epoch copy of the student) IS part of the checkpoint, so a resumed run is the same run.
@@ -35,8 +36,11 @@ class AskdModule(L.LightningModule):
     def __init__(self, cfg: AskdConfig, teacher, student=None, cache=None, dev_names: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.student = student if student is not None else build_student(
-            teacher.model, cfg.student.n_decoder_layers, cfg.student.freeze_encoder)
+        self.student = (
+            student
+            if student is not None
+            else build_student(teacher.model, cfg.student.n_decoder_layers, cfg.student.freeze_encoder)
+        )
         object.__setattr__(self, "teacher", teacher)  # frozen, not a submodule: never in state_dict or optimizer
         object.__setattr__(self, "self_teacher", None)  # saved through on_save_checkpoint
         self.processor = teacher.processor
@@ -73,8 +77,11 @@ class AskdModule(L.LightningModule):
 
     @staticmethod
     def _decoder_logits(model, enc, batch) -> torch.Tensor:
-        out = model.model.decoder(input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
-                                  encoder_hidden_states=enc)
+        out = model.model.decoder(
+            input_ids=batch["decoder_input_ids"],
+            attention_mask=batch["decoder_attention_mask"],
+            encoder_hidden_states=enc,
+        )
         return model.proj_out(out.last_hidden_state)
 
     def _cached_topk(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +112,9 @@ class AskdModule(L.LightningModule):
             kd = torch.zeros((), device=ce.device)
             if lam > 0 and self.cfg.teacher_source == "online":
                 with torch.no_grad():
-                    t_logits = self._decoder_logits(self.teacher.model, enc.to(self.teacher.device), batch).to(s_logits.dtype)
+                    t_logits = self._decoder_logits(self.teacher.model, enc.to(self.teacher.device), batch).to(
+                        s_logits.dtype
+                    )
                 top1_prob, top1 = torch.softmax(t_logits.float(), -1).max(-1)
                 w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
                 kd = kd_kl(s_logits, t_logits, mask, self.cfg.curriculum.tau, weights=w)
@@ -164,8 +173,10 @@ class AskdModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         st = self.self_teacher
-        checkpoint["askd"] = {"self_teacher": None if st is None else {k: v.cpu() for k, v in st.state_dict().items()},
-                              "student_config": self.student.config.to_dict()}
+        checkpoint["askd"] = {
+            "self_teacher": None if st is None else {k: v.cpu() for k, v in st.state_dict().items()},
+            "student_config": self.student.config.to_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_self_teacher = checkpoint.get("askd", {}).get("self_teacher")

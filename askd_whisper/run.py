@@ -17,25 +17,34 @@ from common.training import launch_rank, run_fit
 
 
 def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[AskdModule, AudioDataModule, dict]:
-    from common.teachers.cache import TeacherCache, relabel_with_teacher
-
     from common.teachers import build_teacher
+    from common.teachers.cache import TeacherCache, relabel_with_teacher
 
     if cfg.teacher.kind != "whisper":
         raise ValueError(f"teacher.kind: ASKD-Whisper distils a Whisper teacher, got {cfg.teacher.kind!r}")
     teacher = teacher or build_teacher(cfg.teacher)
-    dm = AudioDataModule(cfg.data, WhisperCollator(teacher.processor), WhisperCollator(teacher.processor, with_labels=False))
+    dm = AudioDataModule(
+        cfg.data, WhisperCollator(teacher.processor), WhisperCollator(teacher.processor, with_labels=False)
+    )
     dm.setup("fit")
     info: dict[str, Any] = {}
     cache = TeacherCache(cfg.teacher_cache) if cfg.teacher_cache else None
     if cfg.labels == "pseudo":
         dm.train_cuts, info["pseudo_labels"] = relabel_with_teacher(dm.train_cuts, cache, cfg.pseudo_label_max_wer)
-    module = AskdModule(cfg, teacher, cache=cache if cfg.teacher_source == "cache" else None, dev_names=tuple(dm.dev_names))
+    module = AskdModule(
+        cfg, teacher, cache=cache if cfg.teacher_source == "cache" else None, dev_names=tuple(dm.dev_names)
+    )
     return module, dm, info
 
 
-def fit(cfg: AskdConfig, resume: bool = False, overwrite: bool = False, teacher: Optional[WhisperTeacher] = None,
-        stop_after_steps: Optional[int] = None, callbacks: Optional[list] = None) -> dict:
+def fit(
+    cfg: AskdConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    teacher: Optional[WhisperTeacher] = None,
+    stop_after_steps: Optional[int] = None,
+    callbacks: Optional[list] = None,
+) -> dict:
     """Train, evaluate the test sets with the final student, write ``summary.json`` last (common.training.run_fit)."""
 
     def build_all():
@@ -46,8 +55,15 @@ def fit(cfg: AskdConfig, resume: bool = False, overwrite: bool = False, teacher:
         info["n_params_student"] = sum(p.numel() for p in module.student.parameters())
         return module, dm, info
 
-    return run_fit(cfg, build_all, lambda m: WhisperTranscriber(m.student, m.processor, name="student"),
-                   resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps, callbacks=callbacks)
+    return run_fit(
+        cfg,
+        build_all,
+        lambda m: WhisperTranscriber(m.student, m.processor, name="student"),
+        resume=resume,
+        overwrite=overwrite,
+        stop_after_steps=stop_after_steps,
+        callbacks=callbacks,
+    )
 
 
 def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
@@ -61,7 +77,7 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     cfg = WhisperConfig.from_dict(ck["askd"]["student_config"])
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(cfg)
-    sd = {k[len("student."):]: v for k, v in ck["state_dict"].items() if k.startswith("student.")}
+    sd = {k[len("student.") :]: v for k, v in ck["state_dict"].items() if k.startswith("student.")}
     model.load_state_dict(sd, strict=False, assign=True)
     model.tie_weights()
     run_dir = ckpt_path.parent.parent

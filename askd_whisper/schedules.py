@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from askd_whisper.config import CurriculumConfig, SelfKDConfig
 
 
-def teacher_weight(c: "CurriculumConfig", r: float, epoch: int = 0) -> float:
+def teacher_weight(c: CurriculumConfig, r: float, epoch: int = 0) -> float:
     """lambda at phase-A progress ``r`` (and ``epoch``, for the exponential schedule); the knobs and their defaults
     are the curriculum config's (one source)."""
     kind, l0, lmin, gamma = c.schedule, c.lambda_0, c.lambda_min, c.gamma
@@ -38,14 +38,19 @@ def teacher_weight(c: "CurriculumConfig", r: float, epoch: int = 0) -> float:
     raise ValueError(f"unknown schedule {kind!r}")
 
 
-def self_kd_weight(sk: "SelfKDConfig", r: float) -> float:
+def self_kd_weight(sk: SelfKDConfig, r: float) -> float:
     """beta at phase-B progress ``r`` (the self-KD config's schedule)."""
     r = min(1.0, max(0.0, r))
     return sk.beta_0 if sk.beta_schedule == "constant" else sk.beta_0 + (sk.beta_max - sk.beta_0) * r
 
 
-def adaptive_token_weights(kind: Literal["none", "gating", "confidence"], lam: float, teacher_top1: torch.Tensor,
-                           teacher_top1_prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def adaptive_token_weights(
+    kind: Literal["none", "gating", "confidence"],
+    lam: float,
+    teacher_top1: torch.Tensor,
+    teacher_top1_prob: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
     """Per-token teacher weights w_t (B, T), from the teacher's most likely token and its probability at each position
     (online: argmax / max of the softmax of its logits; cached: the first of its stored top-k):
     none:       w_t = lambda

@@ -41,9 +41,16 @@ def main() -> None:
         cuts, _ = load_manifest(corpus / f"{lang}_train" / "manifest.jsonl")
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
         rand, nb_r = padding_fraction(DynamicCutSampler(cuts, max_duration=args.batch_seconds, shuffle=True, seed=0))
-        buck, nb_b = padding_fraction(DynamicBucketingSampler(cuts, max_duration=args.batch_seconds, num_buckets=args.buckets, shuffle=True, seed=0))
+        buck, nb_b = padding_fraction(
+            DynamicBucketingSampler(
+                cuts, max_duration=args.batch_seconds, num_buckets=args.buckets, shuffle=True, seed=0
+            )
+        )
         rows.append((f"{lang}_train", len(cuts), rand, nb_r, buck, nb_b))
-    print(f"| set | utts | random: padding | batches | bucketed ({args.buckets} buckets): padding | batches | bucketed/random |")
+    print(
+        f"| set | utts | random: padding | batches | bucketed ({args.buckets} buckets): padding | batches "
+        "| bucketed/random |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, n, r, nr, b, nb in rows:
         print(f"| {name} | {n} | {100 * r:.1f} % | {nr} | {100 * b:.1f} % | {nb} | {b / r:.2f} |")

@@ -42,9 +42,21 @@ def main() -> None:
     feats = proc.feature_extractor([audio], sampling_rate=16000, return_tensors="pt").input_features.to(a.device, dtype)
     rows.append(("tiny.en (real) -> 2 dec. layers", secs, measure(teacher, student, feats, a.tokens, a.repeats)))
     if not a.skip_large:
-        cfg = WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
-                            encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
-                            decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, bos_token_id=50257)
+        cfg = WhisperConfig(
+            vocab_size=51866,
+            num_mel_bins=128,
+            d_model=1280,
+            encoder_layers=32,
+            decoder_layers=32,
+            encoder_attention_heads=20,
+            decoder_attention_heads=20,
+            encoder_ffn_dim=5120,
+            decoder_ffn_dim=5120,
+            decoder_start_token_id=50258,
+            eos_token_id=50257,
+            pad_token_id=50257,
+            bos_token_id=50257,
+        )
         torch.manual_seed(0)
         big = WhisperForConditionalGeneration(cfg).to(a.device, dtype).eval()
         big.generation_config.decoder_start_token_id = 50258
@@ -54,13 +66,22 @@ def main() -> None:
         feats = torch.randn(1, 128, 3000, device=a.device, dtype=dtype)
         rows.append(("large-v3 dims (random) -> 2 dec. layers", 30.0, measure(big, small, feats, a.tokens, a.repeats)))
     print(f"latency, batch 1, greedy, {a.tokens} generated tokens, {a.device} {a.dtype}, medians of {a.repeats}")
-    print("| model | encoder s | decode teacher s | decode student s | teacher/student (total) | decode-only ratio | RTF teacher | RTF student |")
+    print(
+        "| model | encoder s | decode teacher s | decode student s | teacher/student (total) | decode-only ratio "
+        "| RTF teacher | RTF student |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, secs, r in rows:
-        print(f"| {name} | {r['encoder']:.3f} | {r['dec_teacher']:.3f} | {r['dec_student']:.3f} | {r['teacher'] / r['student']:.2f}x | "
-              f"{r['dec_teacher'] / r['dec_student']:.2f}x | {r['teacher'] / secs:.4f} | {r['student'] / secs:.4f} |")
-    for name, secs, r in rows:
-        print(f"ratio: ASKD latency, teacher / student total ({name}, {a.device}) = {r['teacher'] / r['student']:.2f} (paper ~5, GPU)")
+        print(
+            f"| {name} | {r['encoder']:.3f} | {r['dec_teacher']:.3f} | {r['dec_student']:.3f} "
+            f"| {r['teacher'] / r['student']:.2f}x | "
+            f"{r['dec_teacher'] / r['dec_student']:.2f}x | {r['teacher'] / secs:.4f} | {r['student'] / secs:.4f} |"
+        )
+    for name, _secs, r in rows:
+        print(
+            f"ratio: ASKD latency, teacher / student total ({name}, {a.device}) = "
+            f"{r['teacher'] / r['student']:.2f} (paper ~5, GPU)"
+        )
 
 
 if __name__ == "__main__":

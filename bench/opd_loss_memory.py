@@ -67,13 +67,36 @@ def main() -> None:
     res = {}
     for wgrad in (False, True):
         for mode in ("naive", "ours"):
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--batch", str(a.batch), "--positions", str(a.positions),
-                                  "--hidden", str(a.hidden), "--top-k", str(a.top_k)] + (["--wgrad"] if wgrad else []),
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    "--batch",
+                    str(a.batch),
+                    "--positions",
+                    str(a.positions),
+                    "--hidden",
+                    str(a.hidden),
+                    "--top-k",
+                    str(a.top_k),
+                ]
+                + (["--wgrad"] if wgrad else []),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[(mode, wgrad)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
-    print(f"OPD loss forward+backward peak memory, B={a.batch} T={a.positions} d={a.hidden} V={VOCAB} k={a.top_k} (fp32, CPU)")
+    print(
+        f"OPD loss forward+backward peak memory, B={a.batch} T={a.positions} d={a.hidden} V={VOCAB} k={a.top_k} "
+        "(fp32, CPU)"
+    )
     print("| what is measured | naive full-vocab KL MiB | union top-k KL MiB | ours/naive |\n|---|---|---|---|")
-    for wgrad, label in ((False, "loss path (grad w.r.t. hidden states)"), (True, "+ LM-head weight gradient (V x d, both paths)")):
+    for wgrad, label in (
+        (False, "loss path (grad w.r.t. hidden states)"),
+        (True, "+ LM-head weight gradient (V x d, both paths)"),
+    ):
         n, o = res[("naive", wgrad)], res[("ours", wgrad)]
         print(f"| {label} | {n:.0f} | {o:.0f} | {o / n:.3f} |")
         print(f"ratio: OPD loss peak memory, union top-k / full-vocab ({label}) = {o / n:.3f} (lower is better)")

@@ -64,8 +64,11 @@ def main() -> None:
         module.student.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in t.items()}
     n_utt = statistics.median(len(b["ids"]) for b in batches)
-    print(f"tiny Ark OPD step on CPU ({'SFT-trained' if trained else 'untrained'} student, ~{n_utt:.0f} utterances/batch, "
-          f"k={cfg.opd.top_k}, rollout <= {cfg.opd.max_new_tokens} tokens, {a.repeats} batches, medians)")
+    print(
+        f"tiny Ark OPD step on CPU ({'SFT-trained' if trained else 'untrained'} student, "
+        f"~{n_utt:.0f} utterances/batch, "
+        f"k={cfg.opd.top_k}, rollout <= {cfg.opd.max_new_tokens} tokens, {a.repeats} batches, medians)"
+    )
     print("| part | seconds | share of OPD step |\n|---|---|---|")
     for k in ("rollout", "teacher", "rescore+loss", "backward"):
         print(f"| {k} | {med[k]:.3f} | {100 * med[k] / med['opd']:.0f} % |")

@@ -1,6 +1,7 @@
 """Run every benchmark in bench/ in turn, print their tables, then one table of every ratio (``make bench``).
 
-Each benchmark prints ratios measured within its own single process run, as lines ``ratio: WHAT = VALUE (NOTE)``. Usage: python bench/run_all.py [--quick]
+Each benchmark prints ratios measured within its own single process run, as lines ``ratio: WHAT = VALUE (NOTE)``.
+Usage: python bench/run_all.py [--quick]
 (--quick skips the large-v3-sized latency measurement, the slowest part on a CPU).
 """
 
@@ -13,8 +14,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [("bucketing.py", []), ("teacher_scoring.py", []), ("opd_loss_memory.py", []), ("opd_step.py", []),
-           ("latency.py", [])]
+BENCHES = [
+    ("bucketing.py", []),
+    ("teacher_scoring.py", []),
+    ("opd_loss_memory.py", []),
+    ("opd_step.py", []),
+    ("latency.py", []),
+]
 
 
 def main() -> None:
@@ -23,7 +29,11 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    dev = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
     print(f"# benchmarks on {dev}, torch {torch.__version__}\n")
     failed, ratios = [], []
     for name, args in BENCHES:
@@ -31,11 +41,15 @@ def main() -> None:
             args = args + ["--skip-large"]
         print(f"## {name} {' '.join(args)}".rstrip())
         r = subprocess.run([sys.executable, str(HERE / name), *args], capture_output=True, text=True)
-        print(r.stdout.strip() if r.returncode == 0 else f"FAILED (exit {r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
+        print(
+            r.stdout.strip()
+            if r.returncode == 0
+            else f"FAILED (exit {r.returncode}): {r.stderr.strip().splitlines()[-1:]}"
+        )
         print()
         for line in r.stdout.splitlines():
             if line.startswith("ratio: ") and " = " in line:
-                what, rest = line[len("ratio: "):].split(" = ", 1)
+                what, rest = line[len("ratio: ") :].split(" = ", 1)
                 value, _, note = rest.partition(" ")
                 ratios.append((name, what, value, note.strip("()")))
         if r.returncode:

@@ -54,7 +54,9 @@ def child(mode: str, B: int, S: int, T: int, k: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=230, help="positions per row: prompt + ~10 s of audio tokens + transcript")
+    ap.add_argument(
+        "--seq", type=int, default=230, help="positions per row: prompt + ~10 s of audio tokens + transcript"
+    )
     ap.add_argument("--targets", type=int, default=64, help="transcript positions scored per row")
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--child", choices=["naive", "ours"])
@@ -64,12 +66,34 @@ def main() -> None:
         return
     res = {}
     for mode in ("naive", "ours"):
-        out = subprocess.run([sys.executable, __file__, "--child", mode, "--batch", str(a.batch), "--seq", str(a.seq),
-                              "--targets", str(a.targets), "--top-k", str(a.top_k)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--batch",
+                str(a.batch),
+                "--seq",
+                str(a.seq),
+                "--targets",
+                str(a.targets),
+                "--top-k",
+                str(a.top_k),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     n, o = res["naive"]["peak_growth_mib"], res["ours"]["peak_growth_mib"]
-    print(f"teacher scoring peak memory, B={a.batch} S={a.seq} T={a.targets} V={VOCAB} d={HIDDEN} k={a.top_k} (fp32, CPU)")
-    print(f"| path | peak growth MiB |\n|---|---|\n| naive full-vocab log-softmax | {n:.0f} |\n| ours (chunked, transcript positions) | {o:.0f} |")
+    print(
+        f"teacher scoring peak memory, B={a.batch} S={a.seq} T={a.targets} V={VOCAB} d={HIDDEN} k={a.top_k} (fp32, CPU)"
+    )
+    print(
+        f"| path | peak growth MiB |\n|---|---|\n| naive full-vocab log-softmax | {n:.0f} |\n"
+        f"| ours (chunked, transcript positions) | {o:.0f} |"
+    )
     print(f"ours/naive = {o / n:.3f}")
     print(f"ratio: teacher scoring peak memory, chunked / full-vocab = {o / n:.3f} (lower is better)")
 

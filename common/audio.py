@@ -43,7 +43,8 @@ def torchaudio_functional():
         raise DependencyError(
             f"torchaudio cannot be loaded: found torch {torch.__version__} with {found} ({reason}); install the "
             f"locked pair torch=={LOCKED_TORCH} torchaudio=={LOCKED_TORCHAUDIO} (`make install` does) or a torchaudio "
-            f"built for the same CUDA version as your torch") from None
+            f"built for the same CUDA version as your torch"
+        ) from None
     return AF
 
 
@@ -73,8 +74,6 @@ def audio_info(path: str | Path) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioError(f"unreadable audio file {p}: {err}") from err
     return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames))
-
-
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
@@ -115,8 +114,12 @@ def load_audio(
 
 def as_numpy(audios) -> list[np.ndarray]:
     """Waveforms as float32 numpy arrays (a DataLoader converts numpy arrays in a batch to tensors)."""
-    return [a.detach().cpu().numpy().astype(np.float32, copy=False) if isinstance(a, torch.Tensor)
-            else np.asarray(a, dtype=np.float32) for a in audios]
+    return [
+        a.detach().cpu().numpy().astype(np.float32, copy=False)
+        if isinstance(a, torch.Tensor)
+        else np.asarray(a, dtype=np.float32)
+        for a in audios
+    ]
 
 
 def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = TARGET_SR) -> None:

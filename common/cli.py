@@ -57,8 +57,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from common.data.manifests import load_manifest
     from common.audio import AudioError, load_audio
+    from common.data.manifests import load_manifest
 
     bad = 0
     for spec in args.manifests:
@@ -82,8 +82,15 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from common.data.recipes import prepare
 
-    out = prepare(args.corpus, args.corpus_dir, args.out, shar=args.shar, shar_shard_size=args.shar_shard_size,
-                  annotations_dir=args.annotations_dir, parts=args.parts.split(",") if args.parts else None)
+    out = prepare(
+        args.corpus,
+        args.corpus_dir,
+        args.out,
+        shar=args.shar,
+        shar_shard_size=args.shar_shard_size,
+        annotations_dir=args.annotations_dir,
+        parts=args.parts.split(",") if args.parts else None,
+    )
     print(f"{len(out)} set(s) in {args.out}; use them as data.train/dev/test entries, e.g. {next(iter(out.values()))}")
     return 0
 
@@ -95,7 +102,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load(SweepConfig, args.file, list(args.overrides))
     status = (run_slurm if args.launcher == "slurm" else run_local)(cfg, dry_run=args.dry_run)
     failed = [k for k, v in status.items() if v.startswith("failed")]
-    print(f"sweep {cfg.name}: " + ", ".join(f"{v}: {sum(1 for x in status.values() if x == v)}" for v in sorted(set(status.values()))))
+    print(
+        f"sweep {cfg.name}: "
+        + ", ".join(f"{v}: {sum(1 for x in status.values() if x == v)}" for v in sorted(set(status.values())))
+    )
     if not args.dry_run and args.launcher == "local":
         print(f"ablation table: asr-distill table --sweep {cfg.out_dir}")
     return 1 if failed else 0
@@ -131,8 +141,10 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     index = build_cache(cfg)
     s = index["summary"]
     rate = s["teacher_error_rate"]
-    print(f"teacher cache {cfg.out_dir}: {s['n_utts']} utterances in {len(index['shards'])} shards"
-          + (f"; teacher normalised error rate vs references {100 * rate:.2f} %" if rate is not None else ""))
+    print(
+        f"teacher cache {cfg.out_dir}: {s['n_utts']} utterances in {len(index['shards'])} shards"
+        + (f"; teacher normalised error rate vs references {100 * rate:.2f} %" if rate is not None else "")
+    )
     return 0
 
 
@@ -147,11 +159,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     except Preempted as p:
-        print(f"asr-distill fit: stopped by signal {p.signum} at step {p.step}; {p.path} written; rerun with --resume", file=sys.stderr)
+        print(
+            f"asr-distill fit: stopped by signal {p.signum} at step {p.step}; {p.path} written; rerun with --resume",
+            file=sys.stderr,
+        )
         return int(p.code)
     except SIGTERMException:
-        print(f"asr-distill fit: stopped by SIGTERM; {Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'} written; rerun with --resume",
-              file=sys.stderr)
+        print(
+            f"asr-distill fit: stopped by SIGTERM; {Path(cfg.run_dir) / 'checkpoints' / 'last.ckpt'} written; "
+            "rerun with --resume",
+            file=sys.stderr,
+        )
         return 143
     if summary.get("stopped_early"):
         print(f"stopped at step {summary['steps']}; continue with --resume")
@@ -168,7 +186,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = Path(args.ckpt)
     method = registry.get(run_method(ckpt.parent.parent))
     if method.export is None:
-        raise ValueError(f"{ckpt}: method {method.name} has no export (its saved student directory is already loadable)")
+        raise ValueError(
+            f"{ckpt}: method {method.name} has no export (its saved student directory is already loadable)"
+        )
     out = method.export(ckpt, Path(args.out))
     print(f"exported a Hugging Face model to {out}")
     return 0
@@ -189,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="decode test sets and score WER/CER into a run directory")
     ev.add_argument("-c", "--config", help="YAML config (common.evaluate.EvalConfig)")
     ev.add_argument("--model", help="bundled:tiny.en, a local model directory or a hub id")
-    ev.add_argument("--manifest", action="append", help="a test manifest (repeatable); the set is named after its folder")
+    ev.add_argument(
+        "--manifest", action="append", help="a test manifest (repeatable); the set is named after its folder"
+    )
     ev.add_argument("--out", help="run directory")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. decoding.num_beams=4")
@@ -208,13 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--max-problems", type=int, default=20, help="problems listed per manifest")
     va.set_defaults(func=cmd_data_validate)
 
-    pr = dsub.add_parser("prepare", help="a corpus on disk -> Lhotse cut manifests per part (+ Shar), via Lhotse's recipes")
+    pr = dsub.add_parser(
+        "prepare", help="a corpus on disk -> Lhotse cut manifests per part (+ Shar), via Lhotse's recipes"
+    )
     pr.add_argument("corpus", choices=["librispeech", "aishell1", "wenetspeech", "ami"])
-    pr.add_argument("--corpus-dir", required=True, help="the corpus root (LibriSpeech/, data_aishell's parent, WenetSpeech.json's folder, AMI wav dir)")
+    pr.add_argument(
+        "--corpus-dir",
+        required=True,
+        help="the corpus root (LibriSpeech/, data_aishell's parent, WenetSpeech.json's folder, AMI wav dir)",
+    )
     pr.add_argument("--out", required=True, help="output folder: OUT/<corpus>_<part>/cuts.jsonl.gz")
-    pr.add_argument("--shar", action="store_true", help="also write Lhotse Shar shards with FLAC audio (OUT/<set>/shar)")
+    pr.add_argument(
+        "--shar", action="store_true", help="also write Lhotse Shar shards with FLAC audio (OUT/<set>/shar)"
+    )
     pr.add_argument("--shar-shard-size", type=int, default=1000, help="cuts per Shar shard")
-    pr.add_argument("--parts", help="comma-separated parts (LibriSpeech: test-clean,...; WenetSpeech: TEST_NET,TEST_MEETING,DEV,L)")
+    pr.add_argument(
+        "--parts", help="comma-separated parts (LibriSpeech: test-clean,...; WenetSpeech: TEST_NET,TEST_MEETING,DEV,L)"
+    )
     pr.add_argument("--annotations-dir", help="AMI only: the manual annotations folder")
     pr.set_defaults(func=cmd_data_prepare)
 
@@ -222,11 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("file", help="sweep YAML (common.sweep.SweepConfig)")
     sw.add_argument("--launcher", choices=["local", "slurm"], default="local")
     sw.add_argument("--dry-run", action="store_true", help="print the runs (and the sbatch script) without running")
-    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sweep-file overrides, e.g. out_dir=runs/x slurm.partition=gpu")
+    sw.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="sweep-file overrides, e.g. out_dir=runs/x slurm.partition=gpu",
+    )
     sw.set_defaults(func=cmd_sweep)
 
     tb = sub.add_parser("table", help="markdown + LaTeX table with 95%% bootstrap CIs from run directories or a sweep")
-    tb.add_argument("runs", nargs="*", help="run directories (training runs or evaluations); a row each, named after the folder")
+    tb.add_argument(
+        "runs", nargs="*", help="run directories (training runs or evaluations); a row each, named after the folder"
+    )
     tb.add_argument("--sweep", help="a sweep directory (with sweep.json): one row per run, knob values as columns")
     tb.add_argument("--paper", choices=["ark_table1", "askd"], help="put the paper's own numbers beside ours")
     tb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
@@ -234,16 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", help="write the markdown here and the LaTeX beside it (.tex)")
     tb.set_defaults(func=cmd_table)
 
-    ct = sub.add_parser("cache-teacher", help="store a teacher's transcripts and top-k log-probs for a manifest (resumable)")
+    ct = sub.add_parser(
+        "cache-teacher", help="store a teacher's transcripts and top-k log-probs for a manifest (resumable)"
+    )
     ct.add_argument("-c", "--config", help="YAML config (common.teachers.cache.CacheConfig)")
     ct.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. manifest=... out_dir=... top_k=16")
     ct.set_defaults(func=cmd_cache_teacher)
 
     fi = sub.add_parser("fit", help="train one stage/experiment from a config (method: askd_whisper | ark_asr)")
     fi.add_argument("-c", "--config", required=True, help="YAML experiment config with a 'method:' key")
-    fi.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt if there is one (else start; safe for requeued jobs)")
+    fi.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from RUN_DIR/checkpoints/last.ckpt if there is one (else start; safe for requeued jobs)",
+    )
     fi.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    fi.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. trainer.max_steps=100 curriculum.schedule=linear")
+    fi.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. trainer.max_steps=100 curriculum.schedule=linear"
+    )
     fi.set_defaults(func=cmd_fit)
 
     ex = sub.add_parser("export", help="write a Hugging Face directory (weights, config, processor) from a checkpoint")
@@ -277,8 +324,17 @@ def main(argv: list[str] | None = None) -> int:
 
             torchaudio_functional()
         return int(args.func(args) or 0)
-    except (ValueError, ConfigError, ManifestError, AudioError, RunDirExistsError, FileNotFoundError, CacheMismatchError,
-            RunError, DependencyError) as err:
+    except (
+        ValueError,
+        ConfigError,
+        ManifestError,
+        AudioError,
+        RunDirExistsError,
+        FileNotFoundError,
+        CacheMismatchError,
+        RunError,
+        DependencyError,
+    ) as err:
         if os.environ.get("ASR_DISTILL_DEBUG"):
             raise
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
@@ -69,7 +69,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=key)
-    if origin in (list, Sequence, typing.List) or tp is list:
+    if origin in (list, Sequence, list) or tp is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item_tp,) = get_args(tp) or (Any,)

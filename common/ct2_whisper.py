@@ -99,7 +99,9 @@ def whisper_dims(variables: dict[str, torch.Tensor]) -> dict[str, int]:
     }
 
 
-def whisper_state_dict(variables: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def whisper_state_dict(
+    variables: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     """Map WhisperSpec variables to ``WhisperForConditionalGeneration`` parameter names."""
     sd: dict[str, torch.Tensor] = {}
     v = {k: t.to(dtype) if t.is_floating_point() else t for k, t in variables.items()}

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from common.io import atomic_write_json, atomic_write_text, is_complete
 
@@ -56,9 +56,9 @@ def _latency(test_manifest: str) -> dict:
     import torch
 
     from common import registry
-    from common.latency import measure
-    from common.data.manifests import load_manifest
     from common.data.datamodule import cut_audio
+    from common.data.manifests import load_manifest
+    from common.latency import measure
     from common.whisper import load_whisper
 
     teacher, proc = load_whisper("bundled:tiny.en")
@@ -67,8 +67,13 @@ def _latency(test_manifest: str) -> dict:
     feats = proc.feature_extractor(cut_audio(cut), sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
         r = measure(teacher.eval(), student, feats, n_tokens=32, repeats=3)
-    return {**r, "ratio": r["teacher"] / r["student"], "decode_ratio": r["dec_teacher"] / r["dec_student"],
-            "audio_seconds": cut.duration, "threads": torch.get_num_threads()}
+    return {
+        **r,
+        "ratio": r["teacher"] / r["student"],
+        "decode_ratio": r["dec_teacher"] / r["dec_student"],
+        "audio_seconds": cut.duration,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print) -> str:
@@ -84,34 +89,62 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
     st = _Stages(log)
     corpus_dir = Path(corpus_dir or default_corpus_dir())
     corpus: list[Path] = []
-    st.run("corpus (espeak-ng)", False, lambda: corpus.append(synthesize_corpus(load(SynthConfig, CONFIGS / "synth.yaml",
-                                                                                      [f"out_dir={corpus_dir}"]))))
+    st.run(
+        "corpus (espeak-ng)",
+        False,
+        lambda: corpus.append(synthesize_corpus(load(SynthConfig, CONFIGS / "synth.yaml", [f"out_dir={corpus_dir}"]))),
+    )
     train, test = (str(corpus[0] / s / "manifest.jsonl") for s in ("en_train", "en_test"))
     data = [f"data.train=[{train}]", f"data.test=[{test}]"]
 
     teacher_dir = out / "teacher_tiny.en"
-    st.run("teacher: Whisper tiny.en on the test set", is_complete(teacher_dir), lambda: run_evaluation(
-        EvalConfig(out_dir=str(teacher_dir), model="bundled:tiny.en", sets=[test], decoding=DecodeConfig(max_new_tokens=48)),
-        overwrite=True))
+    st.run(
+        "teacher: Whisper tiny.en on the test set",
+        is_complete(teacher_dir),
+        lambda: run_evaluation(
+            EvalConfig(
+                out_dir=str(teacher_dir), model="bundled:tiny.en", sets=[test], decoding=DecodeConfig(max_new_tokens=48)
+            ),
+            overwrite=True,
+        ),
+    )
     cache = out / "teacher_cache"
-    cache_done = (cache / "index.json").is_file() and json.loads((cache / "index.json").read_text()).get("complete", False)
-    st.run("teacher cache (tiny.en transcripts + top-8 on the train set)", cache_done, lambda: build_cache(
-        load(CacheConfig, CONFIGS / "teacher_cache.yaml", [f"manifest={train}", f"out_dir={cache}"])))
+    cache_done = (cache / "index.json").is_file() and json.loads((cache / "index.json").read_text()).get(
+        "complete", False
+    )
+    st.run(
+        "teacher cache (tiny.en transcripts + top-8 on the train set)",
+        cache_done,
+        lambda: build_cache(
+            load(CacheConfig, CONFIGS / "teacher_cache.yaml", [f"manifest={train}", f"out_dir={cache}"])
+        ),
+    )
 
     askd = {"ce_only": "student, CE only", "distil_whisper": "student, Distil-Whisper-style", "askd": "student, ASKD"}
     for name in askd:
         extra = [f"teacher_cache={cache}"] if name == "distil_whisper" else []
-        st.run(f"ASKD-Whisper: {askd[name]}", is_complete(out / f"askd_{name}"),
-               lambda n=name, e=extra: _fit(f"askd_{n}.yaml", data + e + [f"run_dir={out / f'askd_{n}'}"]))
+        st.run(
+            f"ASKD-Whisper: {askd[name]}",
+            is_complete(out / f"askd_{name}"),
+            lambda n=name, e=extra: _fit(f"askd_{n}.yaml", data + e + [f"run_dir={out / f'askd_{n}'}"]),
+        )
     lat_file = out / "latency.json"
-    st.run("ASKD-Whisper: teacher/student latency", lat_file.is_file(), lambda: atomic_write_json(lat_file, _latency(test)))
+    st.run(
+        "ASKD-Whisper: teacher/student latency", lat_file.is_file(), lambda: atomic_write_json(lat_file, _latency(test))
+    )
 
-    ark = [("ark_base_sft", "ark_sft.yaml", []), ("ark_base_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_sft'}"]),
-           ("ark_base_td", "ark_td.yaml", [f"model.init_from={out / 'ark_base_sft'}", f"teacher_cache={cache}"]),
-           ("ark_base_td_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_td'}"])]
+    ark = [
+        ("ark_base_sft", "ark_sft.yaml", []),
+        ("ark_base_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_sft'}"]),
+        ("ark_base_td", "ark_td.yaml", [f"model.init_from={out / 'ark_base_sft'}", f"teacher_cache={cache}"]),
+        ("ark_base_td_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_td'}"]),
+    ]
     for run, config, extra in ark:
-        st.run(f"Ark-ASR: {run}", is_complete(out / run),
-               lambda r=run, c=config, e=extra: _fit(c, data + e + [f"run_dir={out / r}"]))
+        st.run(
+            f"Ark-ASR: {run}",
+            is_complete(out / run),
+            lambda r=run, c=config, e=extra: _fit(c, data + e + [f"run_dir={out / r}"]),
+        )
 
     # -- tables ---------------------------------------------------------------------------------------
     lat = json.loads(lat_file.read_text())
@@ -121,21 +154,30 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
         r = run_row(out / f"askd_{name}", label)
         r.extra = {"decoder layers": "2", "speed-up vs teacher": f"{lat['ratio']:.2f}x"}  # teacher / student latency
         rows_a.append(r)
-    labels = {"ark_base_sft": "Ark-Base (SFT)", "ark_base_opd": "Ark-Base + OPD", "ark_base_td": "Ark-Base + TD",
-              "ark_base_td_opd": "Ark-Base + TD + OPD"}
+    labels = {
+        "ark_base_sft": "Ark-Base (SFT)",
+        "ark_base_opd": "Ark-Base + OPD",
+        "ark_base_td": "Ark-Base + TD",
+        "ark_base_td_opd": "Ark-Base + TD + OPD",
+    }
     rows_b = [run_row(out / run, labels[run]) for run, _, _ in ark] + [run_row(teacher_dir, "teacher: Whisper tiny.en")]
     for r, (run, _, _) in zip(rows_b, ark):
         s = json.loads((out / run / "summary.json").read_text())
         r.extra = {"steps": str(s["steps"])}
     rows_b[-1].extra = {"steps": "-"}
     ta, tb = build_table(rows_a), build_table(rows_b)
-    md = ("# asr-distill demo (CPU, synthetic English speech, bundled real Whisper tiny.en teacher)\n\n"
-          "## ASKD-Whisper: tiny.en -> 2 decoder layers\n\n" + to_markdown(ta) +
-          f"\nLatency: batch 1, greedy, 32 tokens, {lat['audio_seconds']:.1f} s clip, CPU, {lat['threads']} threads: teacher "
-          f"{lat['teacher']:.3f} s, student {lat['student']:.3f} s (teacher/student {lat['ratio']:.2f}x total, "
-          f"{lat['decode_ratio']:.2f}x decoding only).\n\n"
-          "## Ark-ASR: SFT -> TD -> OPD with tiny.en as the teacher\n\n" + to_markdown(tb) +
-          "\nA CPU-sized run of the whole pipeline on a synthetic corpus; not the papers' settings or numbers.\n")
+    md = (
+        "# asr-distill demo (CPU, synthetic English speech, bundled real Whisper tiny.en teacher)\n\n"
+        "## ASKD-Whisper: tiny.en -> 2 decoder layers\n\n"
+        + to_markdown(ta)
+        + f"\nLatency: batch 1, greedy, 32 tokens, {lat['audio_seconds']:.1f} s clip, CPU, {lat['threads']} threads: "
+        + "teacher "
+        f"{lat['teacher']:.3f} s, student {lat['student']:.3f} s (teacher/student {lat['ratio']:.2f}x total, "
+        f"{lat['decode_ratio']:.2f}x decoding only).\n\n"
+        "## Ark-ASR: SFT -> TD -> OPD with tiny.en as the teacher\n\n"
+        + to_markdown(tb)
+        + "\nA CPU-sized run of the whole pipeline on a synthetic corpus; not the papers' settings or numbers.\n"
+    )
     atomic_write_text(out / "results.md", md)
     atomic_write_text(out / "results.tex", to_latex(ta) + "\n" + to_latex(tb))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}

@@ -102,7 +102,9 @@ class WhisperTranscriber:
     def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]:
         p = next(self.model.parameters())
         feats = batch["input_features"].to(p.device, p.dtype)
-        kwargs: dict[str, Any] = dict(max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams, do_sample=False)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams, do_sample=False
+        )
         if self.multilingual:
             kwargs.update(language=batch["languages"], task="transcribe")
         out = self.model.generate(feats, **kwargs)
@@ -123,8 +125,12 @@ class TeacherTranscriber:
     @torch.no_grad()
     def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]:
         prepared = self.teacher.prepare(batch["audios"], batch["languages"])
-        return [t.strip() for t in self.teacher.generate(prepared, max_new_tokens=decoding.max_new_tokens,
-                                                         num_beams=decoding.num_beams).texts]
+        return [
+            t.strip()
+            for t in self.teacher.generate(
+                prepared, max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams
+            ).texts
+        ]
 
 
 def model_kind(model: str) -> str:
@@ -161,7 +167,14 @@ def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32", ki
 def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out: Path) -> dict[str, Any]:
     """Decode one set; write its files; return its summary row."""
     metric = ErrorRate()
-    loader = eval_loader(cuts, transcriber.collate, cfg.decoding.batch_seconds, cfg.bad_sample_policy, cfg.num_workers, cfg.decoding.max_batch)
+    loader = eval_loader(
+        cuts,
+        transcriber.collate,
+        cfg.decoding.batch_seconds,
+        cfg.bad_sample_policy,
+        cfg.num_workers,
+        cfg.decoding.max_batch,
+    )
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     audio_s, decode_s = 0.0, 0.0
@@ -179,9 +192,19 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
             s = score_utterance(ref, hyp, lang)
             raw = score_utterance(ref, hyp, lang, normalised=False)
             metric.add(s, raw)
-            rows.append({"id": uid, "language": lang, "ref": ref, "hyp": hyp, "ref_norm": normalize(ref, lang),
-                         "hyp_norm": normalize(hyp, lang), "raw_errors": raw.errors, "raw_ref_units": raw.ref_units,
-                         **s.as_dict()})
+            rows.append(
+                {
+                    "id": uid,
+                    "language": lang,
+                    "ref": ref,
+                    "hyp": hyp,
+                    "ref_norm": normalize(ref, lang),
+                    "hyp_norm": normalize(hyp, lang),
+                    "raw_errors": raw.errors,
+                    "raw_ref_units": raw.ref_units,
+                    **s.as_dict(),
+                }
+            )
     bar.close()
     res = {k: v.item() for k, v in metric.compute().items()}
     langs = sorted({r["language"] for r in rows})
@@ -193,26 +216,40 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
     if skipped:
         atomic_write_text(set_dir / "skipped.tsv", "".join(f"{i}\t{m}\n" for i, m in skipped))
     return {
-        "error_rate": res["error_rate"], "raw_error_rate": res["raw_error_rate"], "unit": unit,
-        "metric": {"word": "WER", "char": "CER", "mixed": "MER"}[unit], "n_utts": res["n_utts"],
-        "ref_units": res["ref_units"], "sub": res["sub"], "del": res["del"], "ins": res["ins"],
-        "n_empty_refs": res["n_empty_refs"], "n_skipped": len(skipped), "audio_seconds": round(audio_s, 3),
+        "error_rate": res["error_rate"],
+        "raw_error_rate": res["raw_error_rate"],
+        "unit": unit,
+        "metric": {"word": "WER", "char": "CER", "mixed": "MER"}[unit],
+        "n_utts": res["n_utts"],
+        "ref_units": res["ref_units"],
+        "sub": res["sub"],
+        "del": res["del"],
+        "ins": res["ins"],
+        "n_empty_refs": res["n_empty_refs"],
+        "n_skipped": len(skipped),
+        "audio_seconds": round(audio_s, 3),
         "rtf": round(decode_s / audio_s, 5) if audio_s else None,
     }
 
 
 def markdown_table(summary: dict[str, Any], model: str) -> str:
-    lines = ["| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped | RTF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped | RTF |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in summary["sets"].items():
         lines.append(
-            f"| {model} | {name} | {r['metric']} | {100 * r['error_rate']:.2f} | {100 * r['raw_error_rate']:.2f} | {r['n_utts']} | "
-            f"{r['ref_units']} | {r['sub']} | {r['del']} | {r['ins']} | {r['n_empty_refs']} | {r['n_skipped']} | {r['rtf']} |"
+            f"| {model} | {name} | {r['metric']} | {100 * r['error_rate']:.2f} | {100 * r['raw_error_rate']:.2f} "
+            f"| {r['n_utts']} | "
+            f"{r['ref_units']} | {r['sub']} | {r['del']} | {r['ins']} | {r['n_empty_refs']} | {r['n_skipped']} "
+            f"| {r['rtf']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run_evaluation(cfg: EvalConfig, overwrite: bool = False, transcriber: Optional[Transcriber] = None) -> dict[str, Any]:
+def run_evaluation(
+    cfg: EvalConfig, overwrite: bool = False, transcriber: Optional[Transcriber] = None
+) -> dict[str, Any]:
     """Validate every manifest first (nothing starts on a bad one under policy ``error``), then decode."""
     sets = {}
     for spec in cfg.sets:
@@ -229,9 +266,17 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, transcriber: Option
         row = evaluate_set(transcriber, cuts, cfg, name, out)
         row["n_invalid_rows"] = report.n_bad
         summary["sets"][name] = row
-    atomic_write_json(out / "meta.json", {"git_revision": git_revision(), "model": cfg.model, "device": cfg.device,
-                                          "dtype": cfg.dtype, "wall_seconds": round(time.time() - t0, 2),
-                                          "torch": torch.__version__})
+    atomic_write_json(
+        out / "meta.json",
+        {
+            "git_revision": git_revision(),
+            "model": cfg.model,
+            "device": cfg.device,
+            "dtype": cfg.dtype,
+            "wall_seconds": round(time.time() - t0, 2),
+            "torch": torch.__version__,
+        },
+    )
     atomic_write_text(out / "table.md", markdown_table(summary, Path(cfg.model).name or cfg.model))
     atomic_write_json(out / SUMMARY, summary)
     return summary

@@ -6,8 +6,9 @@ of them imports a method package (see :mod:`common.registry`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common import registry
 from common.config import load, read_with_bases

@@ -1,4 +1,5 @@
-"""Teacher/student latency of two Whisper models (ASKD-Whisper, arXiv 2601.19919, latency protocol): batch 1, greedy, exactly N generated tokens, same device and dtype,
+"""Teacher/student latency of two Whisper models (ASKD-Whisper, arXiv 2601.19919, latency protocol):
+batch 1, greedy, exactly N generated tokens, same device and dtype,
 one process, alternating runs, medians. Latency = encoder pass + N decoding steps; the student's encoder is the
 teacher's (copied, frozen), so the encoder is timed once and counted for both. Used by bench/latency.py and the demo.
 """

@@ -73,7 +73,9 @@ def sparse_kd_kl(
     With k = V this equals :func:`kd_kl`.
     """
     valid = teacher_topk_ids >= 0
-    lq = torch.where(valid, teacher_topk_logprobs.float() / tau, torch.full_like(teacher_topk_logprobs.float(), float("-inf")))
+    lq = torch.where(
+        valid, teacher_topk_logprobs.float() / tau, torch.full_like(teacher_topk_logprobs.float(), float("-inf"))
+    )
     lq = lq - torch.logsumexp(lq, dim=-1, keepdim=True)
     ls = F.log_softmax(student_logits.float() / tau, dim=-1).gather(-1, teacher_topk_ids.clamp(min=0))
     kl = torch.where(valid, lq.exp() * (lq - ls), torch.zeros_like(lq)).sum(-1) * tau**2
@@ -120,7 +122,9 @@ def union_topk_kl(
     elif direction == "jsd":
         m = beta * qt + (1 - beta) * qs
         lm = torch.log(m.clamp(min=1e-30))
-        per = beta * torch.where(cm, qt * (lt - lm), zero).sum(-1) + (1 - beta) * torch.where(cm, qs * (ls - lm), zero).sum(-1)
+        per = beta * torch.where(cm, qt * (lt - lm), zero).sum(-1) + (1 - beta) * torch.where(
+            cm, qs * (ls - lm), zero
+        ).sum(-1)
     else:
         raise ValueError(f"unknown direction {direction!r} (forward, reverse, jsd)")
     if reduction == "none":
@@ -156,8 +160,9 @@ class _CandidateLogits(torch.autograd.Function):
         return gh, gw, None, None
 
 
-def logits_at(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bias: Optional[torch.Tensor] = None,
-              chunk: int = 64) -> torch.Tensor:
+def logits_at(
+    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bias: Optional[torch.Tensor] = None, chunk: int = 64
+) -> torch.Tensor:
     """Student logits only at candidate ids, never over the vocabulary.
 
     hidden (B, T, d), LM-head weight (V, d), ids (B, T, U) with ids >= 0 -> (B, T, U):
@@ -168,7 +173,9 @@ def logits_at(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bia
     return z + bias[ids] if bias is not None else z
 
 
-def build_candidates(student_topk: torch.Tensor, teacher_topk: torch.Tensor, support: Support = "union") -> torch.Tensor:
+def build_candidates(
+    student_topk: torch.Tensor, teacher_topk: torch.Tensor, support: Support = "union"
+) -> torch.Tensor:
     """Candidate ids U_t per position: union S_t ∪ K_t (deduplicated), K_t alone, or S_t alone.
 
     student_topk (B, T, ks) and teacher_topk (B, T, kt) in the student vocabulary, -1 = absent (e.g. a teacher

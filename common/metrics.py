@@ -12,8 +12,8 @@ every hypothesis unit as an insertion.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import jiwer
 import torch
@@ -100,7 +100,9 @@ class ErrorRate(Metric):
         if isinstance(languages, str):
             languages = [languages] * len(refs)
         if not (len(hyps) == len(refs) == len(languages)):
-            raise ValueError(f"hyps ({len(hyps)}), refs ({len(refs)}) and languages ({len(languages)}) differ in length")
+            raise ValueError(
+                f"hyps ({len(hyps)}), refs ({len(refs)}) and languages ({len(languages)}) differ in length"
+            )
         for hyp, ref, lang in zip(hyps, refs, languages):
             self.add(score_utterance(ref, hyp, lang), score_utterance(ref, hyp, lang, normalised=False))
 

@@ -9,10 +9,11 @@ directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import distributions
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 ENTRY_POINT_GROUP = "asr_distill.methods"
 
@@ -29,7 +30,8 @@ class Method:
     """``fit(cfg, resume=False, overwrite=False, ...) -> summary``: train one experiment into ``cfg.run_dir``."""
     load_transcriber: Optional[Callable[[Path, str, Any], Any]] = None
     """``(model_dir, device, dtype) -> Transcriber | None``: a transcriber for a model directory this method saved
-    (None for a directory it does not recognise); ``asr-distill evaluate`` asks every method before Whisper/Qwen3-ASR."""
+    (None for a directory it does not recognise); ``asr-distill evaluate`` asks every method before trying
+    Whisper/Qwen3-ASR."""
     export: Optional[Callable[[Path, Path], Path]] = None
     """``(checkpoint, out_dir) -> out_dir``: a self-contained model directory from a training checkpoint."""
     build_student: Optional[Callable[..., Any]] = None

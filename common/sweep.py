@@ -8,7 +8,8 @@ is validated before anything starts. ``OUT_DIR/sweep.json`` lists the runs and t
 ``asr-distill table --sweep OUT_DIR`` makes the ablation table from it.
 
 SLURM: one array job through ``submitit`` (one array task per run, resources from the ``slurm`` section;
-``tasks_per_node = gpus_per_node`` so Lightning's SLURM environment starts DDP/FSDP; SIGUSR2 (submitit's pre-timeout signal) ``signal_delay_s``
+``tasks_per_node = gpus_per_node`` so Lightning's SLURM environment starts DDP/FSDP; SIGUSR2 (submitit's pre-timeout
+signal) ``signal_delay_s``
 before the time limit makes the run checkpoint and requeue, see ``common.training.preemption.PreemptionCheckpoint``).
 """
 
@@ -135,9 +136,25 @@ def fit_command(cfg: SweepConfig, run: SweepRun, extra: list[str] = ()) -> list[
 
 def write_index(cfg: SweepConfig, runs: list[SweepRun], status: dict[str, str]) -> Path:
     out = Path(cfg.out_dir) / "sweep.json"
-    atomic_write_json(out, {"name": cfg.name, "base": cfg.base, "grid": cfg.grid, "overrides": cfg.overrides,
-                            "runs": [{"name": r.name, "run_dir": r.run_dir, "values": r.values, "overrides": r.overrides,
-                                      "status": status.get(r.name, "pending")} for r in runs]})
+    atomic_write_json(
+        out,
+        {
+            "name": cfg.name,
+            "base": cfg.base,
+            "grid": cfg.grid,
+            "overrides": cfg.overrides,
+            "runs": [
+                {
+                    "name": r.name,
+                    "run_dir": r.run_dir,
+                    "values": r.values,
+                    "overrides": r.overrides,
+                    "status": status.get(r.name, "pending"),
+                }
+                for r in runs
+            ],
+        },
+    )
     return out
 
 
@@ -159,7 +176,9 @@ def run_local(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
         log(f"[{i}/{len(runs)}] {r.name}: running")
         write_index(cfg, runs, status)
         proc = subprocess.run(cmd, cwd=Path.cwd())
-        status[r.name] = "done" if proc.returncode == 0 and is_complete(Path(r.run_dir)) else f"failed (exit {proc.returncode})"
+        status[r.name] = (
+            "done" if proc.returncode == 0 and is_complete(Path(r.run_dir)) else f"failed (exit {proc.returncode})"
+        )
         log(f"[{i}/{len(runs)}] {r.name}: {status[r.name]}")
     if not dry_run:
         write_index(cfg, runs, status)
@@ -187,10 +206,17 @@ class FitJob:
 
 def slurm_parameters(cfg: SweepConfig) -> dict[str, Any]:
     s = cfg.slurm
-    params: dict[str, Any] = dict(job_name=f"asr-distill-{cfg.name}", time=s.time_min, nodes=s.nodes,
-                                  ntasks_per_node=s.gpus_per_node, gpus_per_node=s.gpus_per_node,
-                                  cpus_per_task=s.cpus_per_task, signal_delay_s=s.signal_delay_s,
-                                  array_parallelism=s.array_parallelism, setup=list(s.setup))
+    params: dict[str, Any] = dict(
+        job_name=f"asr-distill-{cfg.name}",
+        time=s.time_min,
+        nodes=s.nodes,
+        ntasks_per_node=s.gpus_per_node,
+        gpus_per_node=s.gpus_per_node,
+        cpus_per_task=s.cpus_per_task,
+        signal_delay_s=s.signal_delay_s,
+        array_parallelism=s.array_parallelism,
+        setup=list(s.setup),
+    )
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(s, key):
             params[key] = getattr(s, key)
@@ -201,7 +227,11 @@ def slurm_parameters(cfg: SweepConfig) -> dict[str, Any]:
 
 def slurm_overrides(cfg: SweepConfig) -> list[str]:
     """What every run gets under SLURM: one process per GPU on every node (Lightning reads SLURM's variables)."""
-    return ["trainer.accelerator=gpu", f"trainer.devices={cfg.slurm.gpus_per_node}", f"trainer.num_nodes={cfg.slurm.nodes}"]
+    return [
+        "trainer.accelerator=gpu",
+        f"trainer.devices={cfg.slurm.gpus_per_node}",
+        f"trainer.num_nodes={cfg.slurm.nodes}",
+    ]
 
 
 def sbatch_script(cfg: SweepConfig, n_runs: int) -> str:
@@ -224,16 +254,22 @@ def run_slurm(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
         log(f"{r.name}: {' '.join(fit_command(cfg, r, extra)[1:])}")
     if dry_run or not todo:
         if todo:
-            log("--- sbatch script (array of %d runs) ---\n%s" % (len(todo), sbatch_script(cfg, len(todo))))
+            log(f"--- sbatch script (array of {len(todo)} runs) ---\n{sbatch_script(cfg, len(todo))}")
         status.update({r.name: "would submit" for r in todo})
         return status
     import submitit
 
     ex = submitit.AutoExecutor(folder=Path(cfg.out_dir) / ".submitit", cluster="slurm")
     p = slurm_parameters(cfg)
-    ex.update_parameters(name=p.pop("job_name"), timeout_min=p.pop("time"), tasks_per_node=p.pop("ntasks_per_node"),
-                         slurm_array_parallelism=p.pop("array_parallelism"), slurm_signal_delay_s=p.pop("signal_delay_s"),
-                         slurm_setup=p.pop("setup"), **{f"slurm_{k}": v for k, v in p.items()})
+    ex.update_parameters(
+        name=p.pop("job_name"),
+        timeout_min=p.pop("time"),
+        tasks_per_node=p.pop("ntasks_per_node"),
+        slurm_array_parallelism=p.pop("array_parallelism"),
+        slurm_signal_delay_s=p.pop("signal_delay_s"),
+        slurm_setup=p.pop("setup"),
+        **{f"slurm_{k}": v for k, v in p.items()},
+    )
     with ex.batch():
         jobs = [ex.submit(FitJob(cfg.base, r.overrides + extra)) for r in todo]
     for r, j in zip(todo, jobs):

@@ -8,21 +8,27 @@ corpus-level rate is sum(S+D+I) / sum(reference units); the interval is the 2.5 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from common.runs import RunError, set_results, utterance_errors
 
-# Papers' own numbers (Ark-ASR arXiv 2605.28139 Table 1, ASKD-Whisper arXiv 2601.19919), keyed by the set names our data recipes write.
+# Papers' own numbers (Ark-ASR arXiv 2605.28139 Table 1, ASKD-Whisper arXiv 2601.19919), keyed by the set names
+# our data recipes write.
 PAPERS: dict[str, dict[str, Any]] = {
     "ark_table1": {
         "title": "Ark-ASR (arXiv 2605.28139) Table 1, greedy",
-        "columns": {"aishell1_test": "AISHELL-1", "wenetspeech_test_meeting": "WenetSpeech Meeting",
-                    "wenetspeech_test_net": "WenetSpeech Net", "librispeech_test_clean": "LS test-clean",
-                    "librispeech_test_other": "LS test-other"},
+        "columns": {
+            "aishell1_test": "AISHELL-1",
+            "wenetspeech_test_meeting": "WenetSpeech Meeting",
+            "wenetspeech_test_net": "WenetSpeech Net",
+            "librispeech_test_clean": "LS test-clean",
+            "librispeech_test_other": "LS test-other",
+        },
         "rows": {
             "ark_base_sft": ("Ark-Base (SFT)", [3.48, 10.22, 7.74, 3.75, 7.17]),
             "ark_base_opd": ("Ark-Base + OPD", [3.00, 7.18, 6.13, 2.88, 5.50]),
@@ -33,8 +39,11 @@ PAPERS: dict[str, dict[str, Any]] = {
     },
     "askd": {
         "title": "ASKD-Whisper (arXiv 2601.19919), third-party numbers attributed to it",
-        "columns": {"librispeech_test_clean": "LS test-clean", "librispeech_test_other": "LS test-other",
-                    "ami_ihm_test": "AMI"},
+        "columns": {
+            "librispeech_test_clean": "LS test-clean",
+            "librispeech_test_other": "LS test-other",
+            "ami_ihm_test": "AMI",
+        },
         "rows": {"askd": ("ASKD-Whisper student (~740M)", [2.34, 4.52, 10.6])},
     },
 }
@@ -56,8 +65,9 @@ class Row:
     extra: dict[str, str] = field(default_factory=dict)  # e.g. swept knob values
 
 
-def bootstrap_ci(errors: Sequence[float], ref_units: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float, float]:
+def bootstrap_ci(
+    errors: Sequence[float], ref_units: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float, float]:
     """Corpus-level rate sum(errors)/sum(ref_units) and its (1 - alpha) percentile bootstrap interval."""
     e = np.asarray(errors, dtype=np.float64)
     n = np.asarray(ref_units, dtype=np.float64)
@@ -86,8 +96,10 @@ def run_row(run_dir: str | Path, name: Optional[str] = None, n_boot: int = 1000,
             continue
         rate, lo, hi = bootstrap_ci(errs, refs, n_boot, seed)
         if res.get("error_rate") is not None and abs(rate - res["error_rate"]) > 1e-9:
-            raise RunError(f"{run_dir}: set {set_name}: per-utterance errors ({rate:.6f}) disagree with summary.json "
-                           f"({res['error_rate']:.6f})")
+            raise RunError(
+                f"{run_dir}: set {set_name}: per-utterance errors ({rate:.6f}) disagree with summary.json "
+                f"({res['error_rate']:.6f})"
+            )
         row.cells[set_name] = Cell(100 * rate, 100 * lo, 100 * hi, len(utts), res.get("metric", "WER"))
     return row
 
@@ -161,7 +173,9 @@ def to_markdown(table: dict[str, Any]) -> str:
     lines.append("| " + " | ".join(table["header"]) + " |")
     lines.append("|" + "---|" * len(table["header"]))
     lines += ["| " + " | ".join(r) + " |" for r in table["rows"]]
-    lines.append("\nError rates in %, normalised text, corpus level; [lo, hi]: 95 % bootstrap interval over utterances.")
+    lines.append(
+        "\nError rates in %, normalised text, corpus level; [lo, hi]: 95 % bootstrap interval over utterances."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -173,11 +187,19 @@ def _tex(s: str) -> str:
 
 def to_latex(table: dict[str, Any]) -> str:
     n = len(table["header"])
-    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (n - 1) + "}", r"\toprule",
-           " & ".join(_tex(h) for h in table["header"]) + r" \\", r"\midrule"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "r" * (n - 1) + "}",
+        r"\toprule",
+        " & ".join(_tex(h) for h in table["header"]) + r" \\",
+        r"\midrule",
+    ]
     for r in table["rows"]:
-        out.append(" & ".join(_tex(c).replace(" [", r" {\scriptsize [").replace("]", "]}") if "[" in c else _tex(c)
-                              for c in r) + r" \\")
+        out.append(
+            " & ".join(_tex(c).replace(" [", r" {\scriptsize [").replace("]", "]}") if "[" in c else _tex(c) for c in r)
+            + r" \\"
+        )
     out += [r"\bottomrule", r"\end{tabular}"]
     cap = "Error rates in \\%, 95\\% bootstrap intervals in brackets."
     if table["title"]:

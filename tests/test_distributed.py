@@ -37,9 +37,22 @@ def _torchrun(cfg, tmp_path: Path, *overrides: str, nproc: int = 2) -> subproces
     path = tmp_path / f"{Path(cfg.run_dir).name}.yaml"
     save_yaml(cfg, path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
-           "-m", "common.cli", "fit", "-c", str(path), "trainer.strategy=ddp", f"trainer.devices={nproc}",
-           "trainer.accelerator=cpu", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={_free_port()}",
+        "-m",
+        "common.cli",
+        "fit",
+        "-c",
+        str(path),
+        "trainer.strategy=ddp",
+        f"trainer.devices={nproc}",
+        "trainer.accelerator=cpu",
+        *overrides,
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return r
@@ -66,8 +79,12 @@ def _check_synced_validation(run_dir: Path, dev: str, exact_rate: bool) -> dict:
 @pytest.mark.distributed
 def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
     dev = str(tiny_corpus / "en_dev" / "manifest.jsonl")
-    cfg = _askd_cfg(tiny_corpus, tmp_path / "askd_ddp", trainer={"max_steps": 3, "val_every_n_steps": 3},
-                    data={"dev": [dev], "test": [dev]})
+    cfg = _askd_cfg(
+        tiny_corpus,
+        tmp_path / "askd_ddp",
+        trainer={"max_steps": 3, "val_every_n_steps": 3},
+        data={"dev": [dev], "test": [dev]},
+    )
     _torchrun(cfg, tmp_path)
     run = tmp_path / "askd_ddp"
     # Whisper's encoder sees fixed 30 s windows, so decoding does not depend on the batch: the synced WER is exact
@@ -75,7 +92,9 @@ def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
     # TensorBoard holds the sample transcripts (reference / student / teacher) as text, and their audio
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(next((run / "tb").rglob("events.out.tfevents.*"))), size_guidance={"tensors": 0, "audio": 0})
+    acc = EventAccumulator(
+        str(next((run / "tb").rglob("events.out.tfevents.*"))), size_guidance={"tensors": 0, "audio": 0}
+    )
     acc.Reload()
     assert "val/en_dev/samples/text_summary" in acc.Tags()["tensors"] and len(acc.Tags()["audio"]) == 3
     table = acc.Tensors("val/en_dev/samples/text_summary")[-1].tensor_proto.string_val[0].decode()
@@ -94,8 +113,13 @@ def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
 @pytest.mark.distributed
 def test_ddp_two_process_ark_fit(tiny_corpus, tmp_path):
     dev = str(tiny_corpus / "en_dev" / "manifest.jsonl")
-    cfg = _ark_cfg(tiny_corpus, tmp_path / "ark_ddp", "sft", trainer={"max_steps": 3, "val_every_n_steps": 3},
-                   data={"dev": [dev], "test": [dev]})
+    cfg = _ark_cfg(
+        tiny_corpus,
+        tmp_path / "ark_ddp",
+        "sft",
+        trainer={"max_steps": 3, "val_every_n_steps": 3},
+        data={"dev": [dev], "test": [dev]},
+    )
     _torchrun(cfg, tmp_path)
     # a random-init LM's near-uniform logits make argmax sensitive to padding: counts are checked, not the rate
     _check_synced_validation(tmp_path / "ark_ddp", "en_dev", exact_rate=False)
@@ -155,7 +179,10 @@ def test_resume_without_a_checkpoint_starts_the_run(tiny_corpus, tmp_path, teach
     """A requeued job always passes --resume: with nothing to resume it starts from scratch."""
     from askd_whisper.run import fit
 
-    assert fit(_askd_cfg(tiny_corpus, tmp_path / "new", trainer={"max_steps": 2}), resume=True, teacher=teacher)["steps"] == 2
+    assert (
+        fit(_askd_cfg(tiny_corpus, tmp_path / "new", trainer={"max_steps": 2}), resume=True, teacher=teacher)["steps"]
+        == 2
+    )
 
 
 # -- teacher sharding (FSDP2 fully_shard works on CPU with gloo) -------------------------------------
@@ -178,8 +205,18 @@ def _shard_worker(rank: int, port: int, out: str) -> None:
     n = shard_frozen(t.model)
     sc = t.score(batch, targets, top_k=4)
     local_after = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in t.model.parameters())
-    torch.save({"n": n, "before": local_before, "after": local_after, "ref": ref.topk_logprobs, "sharded": sc.topk_logprobs,
-                "ref_ids": ref.topk_ids, "ids": sc.topk_ids}, f"{out}.{rank}")
+    torch.save(
+        {
+            "n": n,
+            "before": local_before,
+            "after": local_after,
+            "ref": ref.topk_logprobs,
+            "sharded": sc.topk_logprobs,
+            "ref_ids": ref.topk_ids,
+            "ids": sc.topk_ids,
+        },
+        f"{out}.{rank}",
+    )
     dist.destroy_process_group()
 
 
@@ -203,7 +240,14 @@ def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
 
     base = dict(trainer={"max_steps": 2, "accumulate_grad_batches": 2}, data={"test": []})
     plain = fit(_ark_cfg(tiny_corpus, tmp_path / "plain", "sft", **base))
-    ac = fit(_ark_cfg(tiny_corpus, tmp_path / "ac", "sft", **{**base, "trainer": {**base["trainer"], "activation_checkpointing": True}}))
+    ac = fit(
+        _ark_cfg(
+            tiny_corpus,
+            tmp_path / "ac",
+            "sft",
+            **{**base, "trainer": {**base["trainer"], "activation_checkpointing": True}},
+        )
+    )
     assert plain["steps"] == ac["steps"] == 2
     a = torch.load(tmp_path / "plain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     b = torch.load(tmp_path / "ac" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -211,8 +255,9 @@ def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-6, rtol=1e-5, msg=k)
     # the layers FSDP wraps and checkpoints: the encoder's and the LM's transformer layers
-    from ark_asr.model import build_student
     from test_ark import _model_cfg
+
+    from ark_asr.model import build_student
 
     names = {c.__name__ for c in layer_classes(build_student(_model_cfg()))}
     assert {"WhisperEncoderLayer", "Qwen3DecoderLayer"} <= names
@@ -228,5 +273,8 @@ def test_fsdp_strategy_wraps_transformer_layers(whisper_tiny):
     model, _ = whisper_tiny
     s = make_strategy(TrainerConfig(strategy="fsdp", activation_checkpointing=True), model)
     assert isinstance(s, FSDPStrategy) and s.kwargs["use_orig_params"] and s._state_dict_type == "full"
-    assert {c.__name__ for c in s.kwargs["auto_wrap_policy"]._module_classes} == {"WhisperEncoderLayer", "WhisperDecoderLayer"}
+    assert {c.__name__ for c in s.kwargs["auto_wrap_policy"]._module_classes} == {
+        "WhisperEncoderLayer",
+        "WhisperDecoderLayer",
+    }
     assert isinstance(make_strategy(TrainerConfig(strategy="ddp")), DDPStrategy)

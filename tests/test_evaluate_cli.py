@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-
 from common.cli import build_parser, main
 
 
@@ -41,8 +40,16 @@ def test_synth_deterministic_and_cached(tiny_corpus, tmp_path):
 
 def test_evaluate_run_dir_is_never_overwritten(tiny_corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["evaluate", "--model", "bundled:tiny.en", "--manifest", str(tiny_corpus / "en_test" / "manifest.jsonl"),
-            "--out", str(out), "decoding.max_new_tokens=40"]
+    args = [
+        "evaluate",
+        "--model",
+        "bundled:tiny.en",
+        "--manifest",
+        str(tiny_corpus / "en_test" / "manifest.jsonl"),
+        "--out",
+        str(out),
+        "decoding.max_new_tokens=40",
+    ]
     assert main(args) == 0
     s = json.loads((out / "summary.json").read_text())["sets"]["en_test"]
     assert s["n_utts"] == 8 and 0 <= s["error_rate"] and s["rtf"] > 0

@@ -35,9 +35,14 @@ def test_ark_opd_on_gpu(tiny_corpus, tmp_path, strategy):
 
     sft = _ark_cfg(tiny_corpus, tmp_path / "sft", "sft", trainer={**GPU, "max_steps": 2})
     fit(sft)
-    opd = _ark_cfg(tiny_corpus, tmp_path / "opd", "opd", model={"init_from": str(tmp_path / "sft")},
-                   teacher={"kind": "whisper", "name_or_path": "bundled:tiny.en", "device": "auto", "dtype": "bfloat16"},
-                   trainer={**GPU, "strategy": strategy, "max_steps": 2})
+    opd = _ark_cfg(
+        tiny_corpus,
+        tmp_path / "opd",
+        "opd",
+        model={"init_from": str(tmp_path / "sft")},
+        teacher={"kind": "whisper", "name_or_path": "bundled:tiny.en", "device": "auto", "dtype": "bfloat16"},
+        trainer={**GPU, "strategy": strategy, "max_steps": 2},
+    )
     s = fit(opd)
     assert s["steps"] == 2 and "en_test" in s["sets"]
     _reload_on_cpu(lambda: build(opd), tmp_path / "opd" / "checkpoints" / "last.ckpt")
@@ -46,7 +51,11 @@ def test_ark_opd_on_gpu(tiny_corpus, tmp_path, strategy):
 def test_askd_fsdp_on_gpu(tiny_corpus, tmp_path):
     from askd_whisper.run import build, fit
 
-    cfg = _askd_cfg(tiny_corpus, tmp_path / "askd", trainer={**GPU, "strategy": "fsdp", "max_steps": 4},
-                    teacher={"kind": "whisper", "name_or_path": "bundled:tiny.en", "device": "auto"})
+    cfg = _askd_cfg(
+        tiny_corpus,
+        tmp_path / "askd",
+        trainer={**GPU, "strategy": "fsdp", "max_steps": 4},
+        teacher={"kind": "whisper", "name_or_path": "bundled:tiny.en", "device": "auto"},
+    )
     assert fit(cfg)["steps"] == 4
     _reload_on_cpu(lambda: build(cfg), tmp_path / "askd" / "checkpoints" / "last.ckpt")

@@ -29,10 +29,19 @@ def _fake_eval_run(root: Path, sets: dict[str, list[tuple[int, int]]], lang: dic
         d.mkdir(parents=True)
         with (d / "errs.jsonl").open("w") as f:
             for i, (e, n) in enumerate(utts):
-                f.write(json.dumps({"id": f"{name}-{i}", "language": lang[name], "sub": e, "del": 0, "ins": 0, "ref_units": n}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"id": f"{name}-{i}", "language": lang[name], "sub": e, "del": 0, "ins": 0, "ref_units": n}
+                    )
+                    + "\n"
+                )
         tot_e, tot_n = sum(e for e, _ in utts), sum(n for _, n in utts)
-        summ["sets"][name] = {"error_rate": tot_e / tot_n, "metric": "CER" if lang[name] == "zh" else "WER",
-                              "n_utts": len(utts), "ref_units": tot_n}
+        summ["sets"][name] = {
+            "error_rate": tot_e / tot_n,
+            "metric": "CER" if lang[name] == "zh" else "WER",
+            "n_utts": len(utts),
+            "ref_units": tot_n,
+        }
     (root / "summary.json").write_text(json.dumps(summ))
     return root
 
@@ -52,11 +61,16 @@ def test_bootstrap_interval():
 
 
 def test_table_units_paper_columns_and_latex(tmp_path):
-    run = _fake_eval_run(tmp_path / "ark_base_sft", {"aishell1_test": [(1, 20), (0, 30)], "librispeech_test_clean": [(2, 10), (0, 10)]},
-                         {"aishell1_test": "zh", "librispeech_test_clean": "en"})
+    run = _fake_eval_run(
+        tmp_path / "ark_base_sft",
+        {"aishell1_test": [(1, 20), (0, 30)], "librispeech_test_clean": [(2, 10), (0, 10)]},
+        {"aishell1_test": "zh", "librispeech_test_clean": "en"},
+    )
     row = run_row(run)
     assert row.cells["aishell1_test"].unit == "CER" and row.cells["librispeech_test_clean"].unit == "WER"
-    assert row.cells["aishell1_test"].rate == pytest.approx(2.0) and row.cells["librispeech_test_clean"].rate == pytest.approx(10.0)
+    assert row.cells["aishell1_test"].rate == pytest.approx(2.0) and row.cells[
+        "librispeech_test_clean"
+    ].rate == pytest.approx(10.0)
     table = build_table([row], "ark_table1")
     md = to_markdown(table)
     assert "AISHELL-1 CER %" in md and "LS test-clean WER %" in md
@@ -66,7 +80,9 @@ def test_table_units_paper_columns_and_latex(tmp_path):
     tex = to_latex(table)
     assert r"\begin{tabular}" in tex and r"ark\_base\_sft" in tex and "3.48" in tex
     # through the CLI, markdown + LaTeX written
-    assert main(["table", str(run), "--paper", "ark_table1", "--out", str(tmp_path / "t.md"), "--bootstrap", "200"]) == 0
+    assert (
+        main(["table", str(run), "--paper", "ark_table1", "--out", str(tmp_path / "t.md"), "--bootstrap", "200"]) == 0
+    )
     assert (tmp_path / "t.md").is_file() and (tmp_path / "t.tex").is_file()
     # a summary that disagrees with its own per-utterance errors is refused
     s = json.loads((run / "summary.json").read_text())
@@ -78,7 +94,7 @@ def test_table_units_paper_columns_and_latex(tmp_path):
 @pytest.mark.skipif(not PAPERS_MD.is_file(), reason=f"{PAPERS_MD} not found (the ../shared folder beside the repo)")
 def test_paper_numbers_equal_papers_md():
     text = PAPERS_MD.read_text(encoding="utf-8")
-    block = text[text.index("### 1.7 Table 1"):].split("\n\n")[0]
+    block = text[text.index("### 1.7 Table 1") :].split("\n\n")[0]
     rows = {}
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -93,7 +109,9 @@ def test_paper_numbers_equal_papers_md():
 def test_sweep_table_lists_unfinished_runs(tmp_path):
     from common.sweep import SweepConfig, expand, sweep_rows, write_index
 
-    cfg = SweepConfig(base="x.yaml", out_dir=str(tmp_path), grid={"opd.top_k": [8, 16]}, runs=[{"opd.tau": 1.0}, {"opd.tau": 2.0}])
+    cfg = SweepConfig(
+        base="x.yaml", out_dir=str(tmp_path), grid={"opd.top_k": [8, 16]}, runs=[{"opd.tau": 1.0}, {"opd.tau": 2.0}]
+    )
     runs = expand(cfg)
     assert [r.name for r in runs] == ["top_k-8_tau-1.0", "top_k-8_tau-2.0", "top_k-16_tau-1.0", "top_k-16_tau-2.0"]
     assert runs[0].overrides[-1] == f"run_dir={tmp_path / 'top_k-8_tau-1.0'}"
@@ -123,8 +141,11 @@ def test_sweep_refuses_a_bad_key_naming_the_run(tmp_path):
     from common.config import ConfigError
     from common.sweep import SweepConfig, expand, validate
 
-    cfg = SweepConfig(base=str(REPO / "configs/askd_whisper/tiny/askd.yaml"), out_dir=str(tmp_path),
-                      grid={"curriculum.shedule": ["linear"]})
+    cfg = SweepConfig(
+        base=str(REPO / "configs/askd_whisper/tiny/askd.yaml"),
+        out_dir=str(tmp_path),
+        grid={"curriculum.shedule": ["linear"]},
+    )
     with pytest.raises(ConfigError, match="run shedule-linear.*curriculum.shedule"):
         validate(cfg, expand(cfg))
 
@@ -135,20 +156,34 @@ def test_slurm_dry_run_is_a_valid_array_submission(tmp_path, capsys):
     from common.config import load
     from common.sweep import SweepConfig, run_slurm, sbatch_script, slurm_parameters
 
-    cfg = load(SweepConfig, REPO / "configs/sweeps/ark_opd_direction.yaml", [f"out_dir={tmp_path}", "slurm.partition=gpu"])
+    cfg = load(
+        SweepConfig, REPO / "configs/sweeps/ark_opd_direction.yaml", [f"out_dir={tmp_path}", "slurm.partition=gpu"]
+    )
     status = run_slurm(cfg, dry_run=True)
     assert list(status.values()) == ["would submit"] * 3
     script = sbatch_script(cfg, 3)
-    for line in ("#SBATCH --array=0-2%3", "#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@120", "srun"):
+    for line in (
+        "#SBATCH --array=0-2%3",
+        "#SBATCH --nodes=3",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --signal=USR2@120",
+        "srun",
+    ):
         assert line in script, line
     out = capsys.readouterr().out
     assert "opd.direction=jsd" in out and "trainer.num_nodes=3" in out and "--resume" in out
     # the same parameters are accepted by submitit's executor (no SLURM needed to check them)
     ex = submitit.AutoExecutor(folder=tmp_path / "sub", cluster="debug")
     p = slurm_parameters(cfg)
-    ex.update_parameters(timeout_min=p["time"], nodes=p["nodes"], tasks_per_node=p["ntasks_per_node"],
-                         gpus_per_node=p["gpus_per_node"], cpus_per_task=p["cpus_per_task"])
+    ex.update_parameters(
+        timeout_min=p["time"],
+        nodes=p["nodes"],
+        tasks_per_node=p["ntasks_per_node"],
+        gpus_per_node=p["gpus_per_node"],
+        cpus_per_task=p["cpus_per_task"],
+    )
 
 
 def test_tiny_sweep_runs_locally_and_relaunch_skips(tiny_corpus, tmp_path):
@@ -157,21 +192,33 @@ def test_tiny_sweep_runs_locally_and_relaunch_skips(tiny_corpus, tmp_path):
     out = tmp_path / "runs"
     sweep.write_text(f"""
 name: tiny_test
-base: {REPO / 'configs/askd_whisper/tiny/askd.yaml'}
+base: {REPO / "configs/askd_whisper/tiny/askd.yaml"}
 out_dir: {out}
 grid: {{self_kd.self_teacher: [snapshot, ema]}}
 overrides: [trainer.max_steps=2, trainer.val_every_n_steps=2, trainer.progress_bar=false, student.n_decoder_layers=1,
-  data.max_cuts=4, "data.train=[{tiny_corpus / 'en_train/manifest.jsonl'}]", "data.dev=[]",
-  "data.test=[{tiny_corpus / 'en_test/manifest.jsonl'}]", decoding.max_new_tokens=16]
+  data.max_cuts=4, "data.train=[{tiny_corpus / "en_train/manifest.jsonl"}]", "data.dev=[]",
+  "data.test=[{tiny_corpus / "en_test/manifest.jsonl"}]", decoding.max_new_tokens=16]
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "common.cli", "sweep", str(sweep)], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "common.cli", "sweep", str(sweep)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     index = json.loads((out / "sweep.json").read_text())
     assert [x["status"] for x in index["runs"]] == ["done", "done"]
-    again = subprocess.run([sys.executable, "-m", "common.cli", "sweep", str(sweep)], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "common.cli", "sweep", str(sweep)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and again.stdout.count("finished, skipped") == 2
     assert main(["table", "--sweep", str(out), "--bootstrap", "100"]) == 0
     from common.sweep import sweep_rows
@@ -206,9 +253,18 @@ def _fake_aishell(root: Path) -> Path:
     """data_aishell with train/dev/test (Lhotse's recipe wants every part): 1, 1 and 2 utterances."""
     tr = root / "data_aishell" / "transcript"
     tr.mkdir(parents=True)
-    texts = {"BAC009S0764W0121": "甚至 出现 交易 几乎 停滞 的 情况", "BAC009S0764W0122": "一二线 城市 虽然 也 处于 调整 中",
-             "BAC009S0002W0122": "而 对 楼市 成交 抑制 作用 最 大 的 限 购", "BAC009S0724W0121": "广州 市 房地产 中介 协会 分析"}
-    parts = {"BAC009S0764W0121": "test", "BAC009S0764W0122": "test", "BAC009S0002W0122": "train", "BAC009S0724W0121": "dev"}
+    texts = {
+        "BAC009S0764W0121": "甚至 出现 交易 几乎 停滞 的 情况",
+        "BAC009S0764W0122": "一二线 城市 虽然 也 处于 调整 中",
+        "BAC009S0002W0122": "而 对 楼市 成交 抑制 作用 最 大 的 限 购",
+        "BAC009S0724W0121": "广州 市 房地产 中介 协会 分析",
+    }
+    parts = {
+        "BAC009S0764W0121": "test",
+        "BAC009S0764W0122": "test",
+        "BAC009S0002W0122": "train",
+        "BAC009S0724W0121": "dev",
+    }
     for i, (uid, part) in enumerate(parts.items()):
         _tone(root / "data_aishell" / "wav" / part / uid[6:11] / f"{uid}.wav", 1.5, 300 + 40 * i)
     (tr / "aishell_transcript_v0.8.txt").write_text("".join(f"{k} {v}\n" for k, v in texts.items()), encoding="utf-8")
@@ -217,19 +273,44 @@ def _fake_aishell(root: Path) -> Path:
 
 def _fake_wenetspeech(root: Path) -> Path:
     _tone(root / "audio" / "test_net" / "Y0000000000_a.wav", 6.0)
-    meta = {"audios": [{"aid": "Y0000000000_a", "path": "audio/test_net/Y0000000000_a.wav", "duration": 6.0, "segments": [
-        {"sid": "Y0000000000_a_S00000", "begin_time": 0.5, "end_time": 2.5, "text": "今天天气很好", "subsets": ["TEST_NET"]},
-        {"sid": "Y0000000000_a_S00001", "begin_time": 3.0, "end_time": 5.5, "text": "我们去公园", "subsets": ["TEST_NET"]}]}]}
+    meta = {
+        "audios": [
+            {
+                "aid": "Y0000000000_a",
+                "path": "audio/test_net/Y0000000000_a.wav",
+                "duration": 6.0,
+                "segments": [
+                    {
+                        "sid": "Y0000000000_a_S00000",
+                        "begin_time": 0.5,
+                        "end_time": 2.5,
+                        "text": "今天天气很好",
+                        "subsets": ["TEST_NET"],
+                    },
+                    {
+                        "sid": "Y0000000000_a_S00001",
+                        "begin_time": 3.0,
+                        "end_time": 5.5,
+                        "text": "我们去公园",
+                        "subsets": ["TEST_NET"],
+                    },
+                ],
+            }
+        ]
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "WenetSpeech.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     return root
 
 
-@pytest.mark.parametrize("corpus, make, sets, lang", [
-    ("librispeech", _fake_librispeech, {"librispeech_test_clean", "librispeech_dev_clean"}, "en"),
-    ("aishell1", _fake_aishell, {"aishell1_test"}, "zh"),
-    ("wenetspeech", _fake_wenetspeech, {"wenetspeech_test_net"}, "zh"),
-])
+@pytest.mark.parametrize(
+    "corpus, make, sets, lang",
+    [
+        ("librispeech", _fake_librispeech, {"librispeech_test_clean", "librispeech_dev_clean"}, "en"),
+        ("aishell1", _fake_aishell, {"aishell1_test"}, "zh"),
+        ("wenetspeech", _fake_wenetspeech, {"wenetspeech_test_net"}, "zh"),
+    ],
+)
 def test_prepare_recipes_on_fake_corpora(tmp_path, corpus, make, sets, lang):
     from common.data.manifests import load_manifest, set_name
 
@@ -254,7 +335,23 @@ def test_shar_export_reads_back_the_same_audio(tmp_path):
 
     src = _fake_aishell(tmp_path / "corpus")
     out = tmp_path / "prepared"
-    assert main(["data", "prepare", "aishell1", "--corpus-dir", str(src), "--out", str(out), "--shar", "--shar-shard-size", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "aishell1",
+                "--corpus-dir",
+                str(src),
+                "--out",
+                str(out),
+                "--shar",
+                "--shar-shard-size",
+                "1",
+            ]
+        )
+        == 0
+    )
     shar = out / "aishell1_test" / "shar"
     assert len(list(shar.glob("recording.*.tar"))) == 2
     files, _ = load_manifest(out / "aishell1_test" / "cuts.jsonl.gz")
@@ -264,4 +361,6 @@ def test_shar_export_reads_back_the_same_audio(tmp_path):
     for cut in shards:
         assert cut.supervisions[0].text == by_id[cut.id].supervisions[0].text
         np.testing.assert_allclose(cut_audio(cut), cut_audio(by_id[cut.id]), atol=1e-4)
-    assert main(["data", "prepare", "ami", "--corpus-dir", str(src), "--out", str(out)]) == 2  # AMI needs its annotations
+    assert (
+        main(["data", "prepare", "ami", "--corpus-dir", str(src), "--out", str(out)]) == 2
+    )  # AMI needs its annotations

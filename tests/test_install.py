@@ -87,8 +87,10 @@ def test_mismatched_pair_is_one_line(monkeypatch, capsys):
 
     def fake_import(name, globals=None, locals=None, fromlist=(), level=0):
         if level == 0 and name.split(".")[0] == "torchaudio":
-            raise RuntimeError("Detected that PyTorch and TorchAudio were compiled with different CUDA versions. "
-                               "PyTorch has CUDA version 13.2 whereas TorchAudio has CUDA version 13.0.\nmore")
+            raise RuntimeError(
+                "Detected that PyTorch and TorchAudio were compiled with different CUDA versions. "
+                "PyTorch has CUDA version 13.2 whereas TorchAudio has CUDA version 13.0.\nmore"
+            )
         return real_import(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)

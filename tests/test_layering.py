@@ -28,7 +28,7 @@ def project_modules() -> dict[str, Path]:
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules imported anywhere in ``path`` (``from pkg import mod`` resolves to ``pkg.mod`` when it is one)."""
+    """Project modules imported anywhere in ``path`` (``from pkg import mod`` resolves to ``pkg.mod`` if it is one)."""
     out: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -37,7 +37,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
             continue
@@ -56,8 +58,13 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_common_never_imports_a_method_package():
     graph = import_graph()
-    offenders = sorted(f"{m} -> {t}" for m, ts in graph.items() if m.split(".")[0] == "common"
-                       for t in ts if t.split(".")[0] in METHOD_PACKAGES)
+    offenders = sorted(
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        if m.split(".")[0] == "common"
+        for t in ts
+        if t.split(".")[0] in METHOD_PACKAGES
+    )
     assert not offenders, "common/ reaches the methods only through common.registry: " + "; ".join(offenders)
 
 
@@ -74,7 +81,7 @@ def test_no_import_cycles():
         stack.append(m)
         for t in sorted(edges.get(m, ())):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t)
         stack.pop()

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from common.losses import build_candidates, cross_entropy, kd_kl, sparse_kd_kl, union_topk_kl
 
+pytestmark = pytest.mark.unit
+
 
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -14,7 +16,9 @@ def _rand(*shape, seed=0):
 def test_cross_entropy_matches_torch_and_masks():
     z, y = _rand(2, 5, 11), torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     y[1, 3:] = -100
-    assert cross_entropy(z, y).item() == pytest.approx(F.cross_entropy(z.reshape(-1, 11), y.reshape(-1), ignore_index=-100).item(), rel=1e-6)
+    assert cross_entropy(z, y).item() == pytest.approx(
+        F.cross_entropy(z.reshape(-1, 11), y.reshape(-1), ignore_index=-100).item(), rel=1e-6
+    )
     assert cross_entropy(z, torch.full_like(y, -100)).item() == 0.0
 
 

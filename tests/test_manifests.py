@@ -25,11 +25,14 @@ def _jsonl(path, rows):
 def test_jsonl_relative_absolute_duration_language_offset(tmp_path):
     _wav(tmp_path / "set" / "audio" / "a.wav", 1.0)
     b = _wav(tmp_path / "elsewhere" / "b.flac", 2.0, sr=48000, channels=2)
-    m = _jsonl(tmp_path / "set" / "manifest.jsonl", [
-        {"audio_filepath": "audio/a.wav", "text": "hello world", "duration": 1.0},
-        {"audio_filepath": str(b), "text": "你好世界"},
-        {"audio_filepath": str(b), "text": "second half", "offset": 1.0, "duration": 0.5, "language": "English"},
-    ])
+    m = _jsonl(
+        tmp_path / "set" / "manifest.jsonl",
+        [
+            {"audio_filepath": "audio/a.wav", "text": "hello world", "duration": 1.0},
+            {"audio_filepath": str(b), "text": "你好世界"},
+            {"audio_filepath": str(b), "text": "second half", "offset": 1.0, "duration": 0.5, "language": "English"},
+        ],
+    )
     cuts, report = load_manifest(m)
     assert report.n_ok == 3 and not report.problems
     c = list(cuts)
@@ -69,15 +72,22 @@ def test_error_policy_refuses_with_a_first_line_naming_the_manifest(bad_manifest
 def test_skip_policy_counts_each_problem(bad_manifest):
     cuts, report = load_manifest(bad_manifest, "skip")
     assert len(cuts) == 1 and report.n_rows == 7
-    assert report.counts() == {"missing_audio": 1, "unreadable_audio": 1, "empty_text": 1, "duration_mismatch": 1,
-                               "sample_rate_mismatch": 1, "non_utf8": 1}
+    assert report.counts() == {
+        "missing_audio": 1,
+        "unreadable_audio": 1,
+        "empty_text": 1,
+        "duration_mismatch": 1,
+        "sample_rate_mismatch": 1,
+        "non_utf8": 1,
+    }
     assert any("missing.wav" in str(p) for p in report.problems)
     assert any(p.source.endswith(":7") for p in report.problems if p.kind == "non_utf8")
 
 
 def test_validate_cli_reports_and_exits_nonzero(bad_manifest):
-    out = subprocess.run([sys.executable, "-m", "common.cli", "data", "validate", str(bad_manifest)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "common.cli", "data", "validate", str(bad_manifest)], capture_output=True, text=True
+    )
     assert out.returncode == 1
     assert "1 ok, 6 bad" in out.stdout and "sample_rate_mismatch" in out.stdout
 

@@ -6,6 +6,8 @@ import torch
 
 from common.metrics import ErrorRate, score_units, score_utterance
 
+pytestmark = pytest.mark.unit
+
 
 def test_english_words_hand_computed():
     s = score_utterance("the cat sat on the mat", "the cat sat on mat", "en")

@@ -18,7 +18,11 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def test_notebooks_are_stored_without_outputs():
-    assert [p.name for p in NOTEBOOKS] == ["01_data_and_teacher.ipynb", "02_opd_diagnostics.ipynb", "03_askd_curriculum.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_data_and_teacher.ipynb",
+        "02_opd_diagnostics.ipynb",
+        "03_askd_curriculum.ipynb",
+    ]
     for p in NOTEBOOKS:
         nb = json.loads(p.read_text())
         for cell in nb["cells"]:
@@ -28,8 +32,11 @@ def test_notebooks_are_stored_without_outputs():
                 src = "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
                 tree = ast.parse(src)
                 assert not [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)], p.name
-                calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
-                         for n in ast.walk(tree) if isinstance(n, ast.Call)}
+                calls = {
+                    n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                    for n in ast.walk(tree)
+                    if isinstance(n, ast.Call)
+                }
                 assert not calls & {"fit", "backward", "Trainer", "step", "zero_grad", "run_fit"}, (p.name, calls)
 
 
@@ -43,16 +50,44 @@ def runs(tiny_corpus, tmp_path_factory, whisper_tiny):
 
     root = tmp_path_factory.mktemp("nbruns")
     test = str(tiny_corpus / "en_test" / "manifest.jsonl")
-    run_evaluation(EvalConfig(out_dir=str(root / "teacher_tiny.en"), model="bundled:tiny.en", sets=[test],
-                              decoding=DecodeConfig(max_new_tokens=24)))
+    run_evaluation(
+        EvalConfig(
+            out_dir=str(root / "teacher_tiny.en"),
+            model="bundled:tiny.en",
+            sets=[test],
+            decoding=DecodeConfig(max_new_tokens=24),
+        )
+    )
     teacher = WhisperTeacher(*whisper_tiny)
-    askd_fit(_askd_cfg(tiny_corpus, root / "askd_askd", trainer={"max_steps": 4}, data={"test": [test]},
-                       decoding={"max_new_tokens": 12}), teacher=teacher)
+    askd_fit(
+        _askd_cfg(
+            tiny_corpus,
+            root / "askd_askd",
+            trainer={"max_steps": 4},
+            data={"test": [test]},
+            decoding={"max_new_tokens": 12},
+        ),
+        teacher=teacher,
+    )
     ark_fit(_ark_cfg(tiny_corpus, root / "sft", "sft", trainer={"max_steps": 2}, data={"test": []}))
-    ark_fit(_ark_cfg(tiny_corpus, root / "opd", "opd", model={"init_from": str(root / "sft")}, opd={"dump_every": 1},
-                     trainer={"max_steps": 2}, data={"test": []}), teacher=teacher)
-    return {"NB_EVAL_RUN": str(root / "teacher_tiny.en"), "NB_MANIFEST": test, "NB_OPD_RUN": str(root / "opd"),
-            "NB_ASKD_RUN": str(root / "askd_askd")}
+    ark_fit(
+        _ark_cfg(
+            tiny_corpus,
+            root / "opd",
+            "opd",
+            model={"init_from": str(root / "sft")},
+            opd={"dump_every": 1},
+            trainer={"max_steps": 2},
+            data={"test": []},
+        ),
+        teacher=teacher,
+    )
+    return {
+        "NB_EVAL_RUN": str(root / "teacher_tiny.en"),
+        "NB_MANIFEST": test,
+        "NB_OPD_RUN": str(root / "opd"),
+        "NB_ASKD_RUN": str(root / "askd_askd"),
+    }
 
 
 @pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])

@@ -12,10 +12,28 @@ def teacher():
     from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
 
     cfg = Qwen3ASRConfig(
-        audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
-                          output_dim=32, downsample_hidden_size=8, n_window=50, n_window_infer=800),
-        text_config=dict(model_type="qwen3", vocab_size=151936, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, head_dim=16, tie_word_embeddings=True),
+        audio_config=dict(
+            num_mel_bins=128,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            d_model=16,
+            output_dim=32,
+            downsample_hidden_size=8,
+            n_window=50,
+            n_window_infer=800,
+        ),
+        text_config=dict(
+            model_type="qwen3",
+            vocab_size=151936,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            head_dim=16,
+            tie_word_embeddings=True,
+        ),
     )
     torch.manual_seed(0)
     return Qwen3ASRTeacher(Qwen3ASRForConditionalGeneration(cfg), build_qwen3_asr_tokenizer())
@@ -36,7 +54,8 @@ def test_prompt_is_the_chat_template(teacher):
     ids = teacher.prompt_ids(3, "en")
     assert teacher.tokenizer.decode(ids) == (
         "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_pad|><|audio_pad|>"
-        "<|audio_end|><|im_end|>\n<|im_start|>assistant\nlanguage English<asr_text>")
+        "<|audio_end|><|im_end|>\n<|im_start|>assistant\nlanguage English<asr_text>"
+    )
     assert teacher.tokenizer.decode(teacher.prompt_ids(1, "zh")).endswith("language Chinese<asr_text>")
 
 
@@ -57,14 +76,20 @@ def test_score_parity_with_plain_forward(teacher):
     for i, r in enumerate(rows):
         ids[i, : len(r)], att[i, : len(r)] = torch.tensor(r), 1
     with torch.no_grad():
-        logits = teacher.model(input_ids=ids, attention_mask=att, input_features=batch["input_features"],
-                               input_features_mask=batch["input_features_mask"]).logits
+        logits = teacher.model(
+            input_ids=ids,
+            attention_mask=att,
+            input_features=batch["input_features"],
+            input_features_mask=batch["input_features_mask"],
+        ).logits
     lp_all = torch.log_softmax(logits.float(), -1)
     for i, t in enumerate(targets):
         n, start = len(t), len(rows[i]) - len(t)
         lp = lp_all[i, start : start + n]
         assert sc.mask[i].sum() == n
-        torch.testing.assert_close(sc.target_logprobs[i, :n], lp.gather(-1, torch.tensor(t)[:, None]).squeeze(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            sc.target_logprobs[i, :n], lp.gather(-1, torch.tensor(t)[:, None]).squeeze(-1), atol=1e-5, rtol=0
+        )
         v, idx = lp.topk(k, -1)
         assert torch.equal(sc.topk_ids[i, :n], idx)
         torch.testing.assert_close(sc.topk_logprobs[i, :n], v, atol=1e-5, rtol=0)

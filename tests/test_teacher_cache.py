@@ -18,8 +18,14 @@ def teacher(whisper_tiny):
 
 
 def test_cache_resume_readback_and_refusal(tiny_corpus, tmp_path, teacher):
-    cfg = CacheConfig(manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"), out_dir=str(tmp_path / "cache"),
-                      top_k=4, shard_size=16, batch_size=8, max_new_tokens=40)
+    cfg = CacheConfig(
+        manifest=str(tiny_corpus / "en_train" / "manifest.jsonl"),
+        out_dir=str(tmp_path / "cache"),
+        top_k=4,
+        shard_size=16,
+        batch_size=8,
+        max_new_tokens=40,
+    )
 
     def kill_after_first(i):
         if i == 0:

@@ -41,13 +41,17 @@ def test_score_parity_with_plain_forward_padded_batch(teacher, real_speech):
         dec[i, : len(prefix) + len(t) - 1] = torch.tensor(prefix + t[:-1])
         att[i, : len(prefix) + len(t) - 1] = 1
     with torch.no_grad():
-        logits = teacher.model(input_features=batch["input_features"], decoder_input_ids=dec, decoder_attention_mask=att).logits
+        logits = teacher.model(
+            input_features=batch["input_features"], decoder_input_ids=dec, decoder_attention_mask=att
+        ).logits
     lp_all = torch.log_softmax(logits.float(), -1)
     for i, tgt in enumerate(targets):
         n = len(tgt)
         lp = lp_all[i, len(prefix) - 1 : len(prefix) - 1 + n]  # (n, V): position predicting target j
         assert sc.mask[i].sum() == n
-        torch.testing.assert_close(sc.target_logprobs[i, :n], lp.gather(-1, torch.tensor(tgt)[:, None]).squeeze(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            sc.target_logprobs[i, :n], lp.gather(-1, torch.tensor(tgt)[:, None]).squeeze(-1), atol=1e-5, rtol=0
+        )
         ref_v, ref_i = lp.topk(k, -1)
         assert torch.equal(sc.topk_ids[i, :n], ref_i)
         torch.testing.assert_close(sc.topk_logprobs[i, :n], ref_v, atol=1e-5, rtol=0)
@@ -57,9 +61,15 @@ def test_score_parity_with_plain_forward_padded_batch(teacher, real_speech):
         torch.testing.assert_close(got, lp.gather(-1, some), atol=5e-5, rtol=0)
         # and the row alone, unpadded: padding does not change the scores beyond float noise
         with torch.no_grad():
-            alone = teacher.model(input_features=batch["input_features"][i : i + 1], decoder_input_ids=torch.tensor([prefix + tgt[:-1]])).logits[0]
-        torch.testing.assert_close(torch.log_softmax(alone.float(), -1)[len(prefix) - 1 :].gather(-1, torch.tensor(tgt)[:, None]).squeeze(-1),
-                                   sc.target_logprobs[i, :n], atol=1e-4, rtol=0)
+            alone = teacher.model(
+                input_features=batch["input_features"][i : i + 1], decoder_input_ids=torch.tensor([prefix + tgt[:-1]])
+            ).logits[0]
+        torch.testing.assert_close(
+            torch.log_softmax(alone.float(), -1)[len(prefix) - 1 :].gather(-1, torch.tensor(tgt)[:, None]).squeeze(-1),
+            sc.target_logprobs[i, :n],
+            atol=1e-4,
+            rtol=0,
+        )
     assert not sc.mask[2, len(targets[2]) :].any()
 
 

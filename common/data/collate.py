@@ -5,7 +5,8 @@ They live beside the datamodule because several models share them; a new model b
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -44,7 +45,9 @@ class WhisperCollator:
     with the forced prefix and padding set to -100 so no loss is spent on given tokens.
     """
 
-    def __init__(self, processor, with_labels: bool = True, max_target_len: int = 440, multilingual_task: str = "transcribe") -> None:
+    def __init__(
+        self, processor, with_labels: bool = True, max_target_len: int = 440, multilingual_task: str = "transcribe"
+    ) -> None:
         self.fe = processor.feature_extractor
         self.tok = processor.tokenizer
         self.with_labels = with_labels

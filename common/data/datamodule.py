@@ -15,8 +15,9 @@ by rank themselves).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -70,7 +71,7 @@ class DataConfig:
             raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
 
 
-def cut_audio(cut) -> "np.ndarray":
+def cut_audio(cut) -> np.ndarray:
     """A cut's audio, mono float32 at 16 kHz: files through :func:`common.audio.load_audio`; other sources (Lhotse
     Shar shards, in-memory audio) through Lhotse, then down-mixed and resampled. Failures are ``AudioError``s."""
     src = cut.recording.sources[0]
@@ -126,8 +127,16 @@ def _dist_info(trainer: Optional[L.Trainer]) -> tuple[int, int]:
     return 1, 0
 
 
-def eval_loader(cuts: CutSet, collate: Collator, batch_seconds: float, policy: str = "error", num_workers: int = 0,
-                max_cuts: Optional[int] = None, world_size: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
+def eval_loader(
+    cuts: CutSet,
+    collate: Collator,
+    batch_seconds: float,
+    policy: str = "error",
+    num_workers: int = 0,
+    max_cuts: Optional[int] = None,
+    world_size: int = 1,
+    rank: int = 0,
+) -> torch.utils.data.DataLoader:
     """Sequential (unshuffled) batches of ``cuts``, sharded by rank: rank r gets cuts r, r + W, r + 2W, ... so that
     every utterance is scored exactly once across the ranks (a distributed sampler would pad the last batch with
     repeats, which would count some utterances twice in the synced metric)."""
@@ -135,8 +144,12 @@ def eval_loader(cuts: CutSet, collate: Collator, batch_seconds: float, policy: s
         cuts = cuts.subset(cut_ids=list(cuts.ids)[rank::world_size])
     with warnings.catch_warnings():  # cuts are validated and held in memory on purpose
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-        sampler = DynamicCutSampler(cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False, world_size=1, rank=0)
-    return torch.utils.data.DataLoader(AsrDataset(collate, policy), sampler=sampler, batch_size=None, num_workers=num_workers)
+        sampler = DynamicCutSampler(
+            cuts, max_duration=batch_seconds, max_cuts=max_cuts, shuffle=False, world_size=1, rank=0
+        )
+    return torch.utils.data.DataLoader(
+        AsrDataset(collate, policy), sampler=sampler, batch_size=None, num_workers=num_workers
+    )
 
 
 class AudioDataModule(L.LightningDataModule):
@@ -188,8 +201,11 @@ class AudioDataModule(L.LightningDataModule):
             if saved_world == world:
                 sampler.load_state_dict(self._sampler_state)
             else:  # weights, optimizer and step resume; the data order cannot be carried to another world size
-                warnings.warn(f"the checkpoint's data position was saved with world size {saved_world}, this run has {world}: "
-                              "the training data restarts at the beginning of an epoch")
+                warnings.warn(
+                    f"the checkpoint's data position was saved with world size {saved_world}, this run has {world}: "
+                    "the training data restarts at the beginning of an epoch",
+                    stacklevel=2,
+                )
             self._sampler_state = None
         return sampler
 
@@ -216,8 +232,16 @@ class AudioDataModule(L.LightningDataModule):
     def _eval_loaders(self, sets: dict[str, CutSet]) -> list[torch.utils.data.DataLoader]:
         world, rank = _dist_info(getattr(self, "trainer", None))
         return [
-            eval_loader(c, self.collate_eval, self.cfg.batch_seconds / world, self.cfg.bad_sample_policy,
-                        self.cfg.num_workers, self.cfg.max_cuts, world, rank)
+            eval_loader(
+                c,
+                self.collate_eval,
+                self.cfg.batch_seconds / world,
+                self.cfg.bad_sample_policy,
+                self.cfg.num_workers,
+                self.cfg.max_cuts,
+                world,
+                rank,
+            )
             for c in sets.values()
         ]
 

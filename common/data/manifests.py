@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from lhotse import CutSet, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
@@ -46,7 +47,9 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class Problem:
     source: str  # manifest path and line/utterance id
-    kind: str  # missing_audio | unreadable_audio | empty_audio | empty_text | non_utf8 | bad_json | duration_mismatch | sample_rate_mismatch | bad_segment | bad_language
+    # missing_audio | unreadable_audio | empty_audio | empty_text | non_utf8 | bad_json | duration_mismatch
+    # | sample_rate_mismatch | bad_segment | bad_language
+    kind: str
     message: str
 
     def __str__(self) -> str:
@@ -141,7 +144,9 @@ def _make_cut(
     cut.id = uid
     channel = 0 if info.channels == 1 else list(range(info.channels))
     cut.supervisions = [
-        SupervisionSegment(id=uid, recording_id=rec.id, start=0.0, duration=cut.duration, channel=channel, text=text, language=language)
+        SupervisionSegment(
+            id=uid, recording_id=rec.id, start=0.0, duration=cut.duration, channel=channel, text=text, language=language
+        )
     ]
     report.sample_rates[info.sample_rate] = report.sample_rates.get(info.sample_rate, 0) + 1
     report.total_seconds += cut.duration
@@ -189,7 +194,9 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
         try:
             row = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
-            report.problems.append(Problem(src, "non_utf8", f"line is not valid UTF-8 ({err.reason} at byte {err.start})"))
+            report.problems.append(
+                Problem(src, "non_utf8", f"line is not valid UTF-8 ({err.reason} at byte {err.start})")
+            )
             continue
         except json.JSONDecodeError as err:
             report.problems.append(Problem(src, "bad_json", str(err)))
@@ -202,7 +209,9 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
             continue
         language = normalise_language(row.get("language"), text)
         if language is None:
-            report.problems.append(Problem(src, "bad_language", f"unknown language {row.get('language')!r} (known: en, zh)"))
+            report.problems.append(
+                Problem(src, "bad_language", f"unknown language {row.get('language')!r} (known: en, zh)")
+            )
             continue
         audio = Path(row["audio_filepath"])
         audio = audio if audio.is_absolute() else path.parent / audio
@@ -210,7 +219,12 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
         if "offset" in row and float(row.get("offset") or 0) > 0:
             uid = f"{uid}@{float(row['offset']):.3f}"
         cut = _make_cut(
-            uid, audio, text, language, report, src,
+            uid,
+            audio,
+            text,
+            language,
+            report,
+            src,
             offset=float(row.get("offset") or 0.0),
             duration=None if row.get("duration") is None else float(row["duration"]),
             declared_sr=row.get("sample_rate"),
@@ -248,9 +262,21 @@ def from_lhotse(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cu
         sup, text, language = checked
         source = cut.recording.sources[0]
         if source.type != "file":
-            report.problems.append(Problem(src, "unreadable_audio", f"audio source type {source.type!r} is not supported (only files)"))
+            report.problems.append(
+                Problem(src, "unreadable_audio", f"audio source type {source.type!r} is not supported (only files)")
+            )
             continue
-        new = _make_cut(cut.id, Path(source.source), text, language, report, src, offset=cut.start, duration=cut.duration, is_segment=True)
+        new = _make_cut(
+            cut.id,
+            Path(source.source),
+            text,
+            language,
+            report,
+            src,
+            offset=cut.start,
+            duration=cut.duration,
+            is_segment=True,
+        )
         if new is not None:
             cuts.append(new)
     return _finish(cuts, report, policy)
@@ -281,7 +307,9 @@ def from_shar(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutS
     return _finish(cuts, report, policy)
 
 
-def from_kaldi_dir(path: str | Path, policy: BadSamplePolicy = "error", language: str | None = None) -> tuple[CutSet, ValidationReport]:
+def from_kaldi_dir(
+    path: str | Path, policy: BadSamplePolicy = "error", language: str | None = None
+) -> tuple[CutSet, ValidationReport]:
     """A Kaldi data directory: ``wav.scp`` (``rec_id path``), ``text`` (``utt_id words``), optional
     ``segments`` (``utt_id rec_id start end``) and ``utt2lang``."""
     path = Path(path)
@@ -313,7 +341,11 @@ def from_kaldi_dir(path: str | Path, policy: BadSamplePolicy = "error", language
         rec_id, start, end = seg.split()[:3]
         wav = wavs.get(rec_id)
         if wav is None or wav.endswith("|"):
-            msg = f"recording {rec_id} not in wav.scp" if wav is None else f"piped wav.scp entries are not supported: {wav}"
+            msg = (
+                f"recording {rec_id} not in wav.scp"
+                if wav is None
+                else f"piped wav.scp entries are not supported: {wav}"
+            )
             report.problems.append(Problem(src, "missing_audio" if wav is None else "unreadable_audio", msg))
             continue
         text = _check_text(texts.get(utt), src, report)
@@ -324,7 +356,17 @@ def from_kaldi_dir(path: str | Path, policy: BadSamplePolicy = "error", language
             report.problems.append(Problem(src, "bad_language", f"unknown language {langs.get(utt, language)!r}"))
             continue
         offset, stop = float(start), float(end)
-        cut = _make_cut(utt, Path(wav), text, lang, report, src, offset=offset, duration=None if stop < 0 else stop - offset, is_segment=True)
+        cut = _make_cut(
+            utt,
+            Path(wav),
+            text,
+            lang,
+            report,
+            src,
+            offset=offset,
+            duration=None if stop < 0 else stop - offset,
+            is_segment=True,
+        )
         if cut is not None:
             cuts.append(cut)
     report.n_rows += sum(1 for p in report.problems if p.kind == "non_utf8")
@@ -376,11 +418,13 @@ def from_hf_dataset(
     return _finish(cuts, report, policy)
 
 
-def load_manifest(spec: str | Path, policy: BadSamplePolicy = "error", cache_dir: str | Path | None = None) -> tuple[CutSet, ValidationReport]:
+def load_manifest(
+    spec: str | Path, policy: BadSamplePolicy = "error", cache_dir: str | Path | None = None
+) -> tuple[CutSet, ValidationReport]:
     """Read any supported manifest (format chosen from ``spec``); see the module doc."""
     s = str(spec)
     if s.startswith("shar:"):
-        return from_shar(s[len("shar:"):], policy)
+        return from_shar(s[len("shar:") :], policy)
     if s.startswith("hf:"):
         from datasets import load_dataset, load_from_disk
 
@@ -391,7 +435,12 @@ def load_manifest(spec: str | Path, policy: BadSamplePolicy = "error", cache_dir
             ds = ds[split]
         from common.whisper import cache_root
 
-        return from_hf_dataset(ds, cache_dir or cache_root() / "hf_audio", policy=policy, name=Path(name).name + (f"_{split}" if split else ""))
+        return from_hf_dataset(
+            ds,
+            cache_dir or cache_root() / "hf_audio",
+            policy=policy,
+            name=Path(name).name + (f"_{split}" if split else ""),
+        )
     p = Path(s)
     if p.is_dir():
         if (p / "wav.scp").is_file():

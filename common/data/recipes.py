@@ -12,8 +12,9 @@ the datamodule reads them as ``shar:OUT/<set>/shar``. Nothing is downloaded: the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from lhotse import CutSet
 from lhotse.utils import fastcopy
@@ -23,8 +24,9 @@ from common.io import atomic_write_json
 LANGUAGE = {"librispeech": "en", "aishell1": "zh", "wenetspeech": "zh", "ami": "en"}
 
 
-def _lhotse_manifests(corpus: str, corpus_dir: Path, raw_dir: Path, annotations_dir: Optional[Path],
-                      parts: Optional[list[str]] = None) -> dict:
+def _lhotse_manifests(
+    corpus: str, corpus_dir: Path, raw_dir: Path, annotations_dir: Optional[Path], parts: Optional[list[str]] = None
+) -> dict:
     from lhotse import recipes
 
     if corpus == "librispeech":
@@ -37,8 +39,9 @@ def _lhotse_manifests(corpus: str, corpus_dir: Path, raw_dir: Path, annotations_
     if corpus == "ami":
         if annotations_dir is None:
             raise ValueError("ami: --annotations-dir (the AMI manual annotations, ami_public_manual_1.6.2) is required")
-        return recipes.prepare_ami(corpus_dir, annotations_dir=annotations_dir, output_dir=raw_dir, mic="ihm",
-                                   partition="full-corpus-asr")
+        return recipes.prepare_ami(
+            corpus_dir, annotations_dir=annotations_dir, output_dir=raw_dir, mic="ihm", partition="full-corpus-asr"
+        )
     raise ValueError(f"unknown corpus {corpus!r} (known: {', '.join(LANGUAGE)})")
 
 
@@ -47,9 +50,16 @@ def set_name(corpus: str, part: str) -> str:
     return f"{corpus}_ihm_{part}" if corpus == "ami" else f"{corpus}_{part}"
 
 
-def prepare(corpus: str, corpus_dir: str | Path, out_dir: str | Path, shar: bool = False, shar_shard_size: int = 1000,
-            annotations_dir: Optional[str | Path] = None, parts: Optional[list[str]] = None,
-            log: Callable[[str], None] = print) -> dict[str, Path]:
+def prepare(
+    corpus: str,
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    shar: bool = False,
+    shar_shard_size: int = 1000,
+    annotations_dir: Optional[str | Path] = None,
+    parts: Optional[list[str]] = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
     """Prepare the parts of ``corpus`` (LibriSpeech / WenetSpeech: ``parts``, default every part found / all);
     returns set name -> cut manifest."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
@@ -58,8 +68,9 @@ def prepare(corpus: str, corpus_dir: str | Path, out_dir: str | Path, shar: bool
     if not corpus_dir.is_dir():
         raise FileNotFoundError(f"corpus directory {corpus_dir} not found")
     lang = LANGUAGE[corpus]
-    manifests = _lhotse_manifests(corpus, corpus_dir, out_dir / f".lhotse_{corpus}",
-                                   Path(annotations_dir) if annotations_dir else None, parts)
+    manifests = _lhotse_manifests(
+        corpus, corpus_dir, out_dir / f".lhotse_{corpus}", Path(annotations_dir) if annotations_dir else None, parts
+    )
     if parts:
         manifests = {k: v for k, v in manifests.items() if k in parts}
     if not manifests:
@@ -77,13 +88,21 @@ def prepare(corpus: str, corpus_dir: str | Path, out_dir: str | Path, shar: bool
         tmp = dest / ".cuts.tmp.jsonl.gz"
         cuts.to_file(tmp)
         tmp.replace(dest / "cuts.jsonl.gz")  # atomic
-        info = {"corpus": corpus, "part": part, "n_cuts": len(cuts), "hours": round(sum(c.duration for c in cuts) / 3600, 4),
-                "language": lang}
+        info = {
+            "corpus": corpus,
+            "part": part,
+            "n_cuts": len(cuts),
+            "hours": round(sum(c.duration for c in cuts) / 3600, 4),
+            "language": lang,
+        }
         if shar:
             (dest / "shar").mkdir(exist_ok=True)
             shards = cuts.to_shar(dest / "shar", fields={"recording": "flac"}, shard_size=shar_shard_size)
             info["shar_shards"] = len(shards["cuts"])
         atomic_write_json(dest / "info.json", info)
-        log(f"{name}: {info['n_cuts']} cuts, {info['hours']} h -> {dest / 'cuts.jsonl.gz'}" + (" (+ Shar)" if shar else ""))
+        log(
+            f"{name}: {info['n_cuts']} cuts, {info['hours']} h -> {dest / 'cuts.jsonl.gz'}"
+            + (" (+ Shar)" if shar else "")
+        )
         out[name] = dest / "cuts.jsonl.gz"
     return out

@@ -9,8 +9,9 @@ from the kept final hidden states, without ever holding a (B, T, V) tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +40,9 @@ class TeacherScores:
         return gather_logprobs(self.hidden, self.lm_head, self.lse, ids)
 
 
-def gather_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, lse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def gather_logprobs(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, lse: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
     """log_softmax(lm_head(hidden))[..., ids] computed only at ``ids``: (B,T,d), (B,T), (B,T,m) -> (B,T,m)."""
     w = lm_head.weight[ids]  # (B, T, m, d)
     logits = torch.einsum("btd,btmd->btm", hidden.to(w.dtype), w).float()
@@ -95,7 +98,8 @@ def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
 
 
 def predicting_states(hidden: torch.Tensor, prefix_lens: Sequence[int], T: int) -> torch.Tensor:
-    """(B, L, d) final states of rows ``prefix + target[:-1]`` -> (B, T, d): entry j is the state that predicts target j,
+    """(B, L, d) final states of rows ``prefix + target[:-1]`` -> (B, T, d): entry j is the state that predicts
+    target j,
     i.e. position len(prefix) - 1 + j of its row (clamped inside the row for padded targets)."""
     start = torch.tensor([n - 1 for n in prefix_lens], device=hidden.device)
     pos = (start[:, None] + torch.arange(T, device=hidden.device)[None]).clamp(max=hidden.shape[1] - 1)

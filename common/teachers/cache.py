@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from safetensors import safe_open
@@ -77,7 +78,9 @@ def _digest(*parts: Any) -> str:
 
 def teacher_fingerprint(teacher) -> dict[str, str]:
     """Hashes of the teacher weights (every tensor's sum and shape, cheap but sensitive) and of its vocabulary."""
-    sums = [(n, list(p.shape), round(float(p.detach().double().sum()), 6)) for n, p in teacher.model.state_dict().items()]
+    sums = [
+        (n, list(p.shape), round(float(p.detach().double().sum()), 6)) for n, p in teacher.model.state_dict().items()
+    ]
     vocab = sorted(teacher.tokenizer.get_vocab().items())
     return {"weights": _digest(sums), "tokenizer": _digest(vocab)}
 
@@ -86,9 +89,18 @@ def make_stamp(cfg: CacheConfig, teacher) -> dict[str, Any]:
     manifest = Path(cfg.manifest)
     m_hash = _digest(manifest.read_bytes()) if manifest.is_file() else _digest(str(manifest))
     fp = teacher_fingerprint(teacher)
-    return {"teacher": f"{cfg.teacher.kind}:{cfg.teacher.name_or_path}", "teacher_dtype": cfg.teacher.dtype,
-            "teacher_weights": fp["weights"], "tokenizer": fp["tokenizer"], "manifest": m_hash, "top_k": cfg.top_k,
-            "shard_size": cfg.shard_size, "generate": cfg.generate, "max_new_tokens": cfg.max_new_tokens, "format": 1}
+    return {
+        "teacher": f"{cfg.teacher.kind}:{cfg.teacher.name_or_path}",
+        "teacher_dtype": cfg.teacher.dtype,
+        "teacher_weights": fp["weights"],
+        "tokenizer": fp["tokenizer"],
+        "manifest": m_hash,
+        "top_k": cfg.top_k,
+        "shard_size": cfg.shard_size,
+        "generate": cfg.generate,
+        "max_new_tokens": cfg.max_new_tokens,
+        "format": 1,
+    }
 
 
 def check_stamp(found: dict[str, Any], wanted: dict[str, Any], where: Path) -> None:
@@ -97,11 +109,13 @@ def check_stamp(found: dict[str, Any], wanted: dict[str, Any], where: Path) -> N
         raise CacheMismatchError(
             f"teacher cache {where} was built with a different {', '.join(diff)} "
             f"({'; '.join(f'{k}: {found.get(k)!r} != {wanted.get(k)!r}' for k in diff)}); "
-            f"use another out_dir or rebuild it")
+            f"use another out_dir or rebuild it"
+        )
 
 
-def build_cache(cfg: CacheConfig, teacher=None, on_shard: Optional[Callable[[int], None]] = None,
-                progress: bool = True) -> dict[str, Any]:
+def build_cache(
+    cfg: CacheConfig, teacher=None, on_shard: Optional[Callable[[int], None]] = None, progress: bool = True
+) -> dict[str, Any]:
     """Build (or finish) the cache; return the index."""
     from tqdm import tqdm
 
@@ -127,7 +141,9 @@ def build_cache(cfg: CacheConfig, teacher=None, on_shard: Optional[Callable[[int
         tensors, utts = _compute_shard(cfg, teacher, shard)
         save_file(tensors, str(out / f".{name}.tmp"), metadata={"utts": json.dumps(utts, ensure_ascii=False)})
         (out / f".{name}.tmp").replace(out / name)
-        index["shards"] = [s for s in index["shards"] if s["file"] != name] + [{"file": name, "ids": [u["id"] for u in utts]}]
+        index["shards"] = [s for s in index["shards"] if s["file"] != name] + [
+            {"file": name, "ids": [u["id"] for u in utts]}
+        ]
         index["shards"].sort(key=lambda s: s["file"])
         atomic_write_json(out / INDEX, index)
         if on_shard is not None:
@@ -140,7 +156,12 @@ def build_cache(cfg: CacheConfig, teacher=None, on_shard: Optional[Callable[[int
 
 
 def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "target_ids": [], "target_logprobs": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "topk_ids": [],
+        "topk_logprobs": [],
+        "target_ids": [],
+        "target_logprobs": [],
+    }
     lengths, utts = [], []
     for b in range(0, len(cuts), cfg.batch_size):
         chunk = cuts[b : b + cfg.batch_size]
@@ -215,7 +236,9 @@ class TeacherCache:
             raise FileNotFoundError(f"no teacher cache at {self.path} (run asr-distill cache-teacher first)")
         self.index = json.loads((self.path / INDEX).read_text())
         if not self.index.get("complete"):
-            raise CacheMismatchError(f"teacher cache {self.path} is incomplete; rerun asr-distill cache-teacher to finish it")
+            raise CacheMismatchError(
+                f"teacher cache {self.path} is incomplete; rerun asr-distill cache-teacher to finish it"
+            )
         if expected_stamp is not None:
             check_stamp(self.index["stamp"], expected_stamp, self.path)
         self._items: dict[str, CachedUtterance] = {}
@@ -226,10 +249,18 @@ class TeacherCache:
             for i, u in enumerate(utts):
                 a, b = off[i], off[i + 1]
                 self._items[u["id"]] = CachedUtterance(
-                    id=u["id"], ref=u["ref"], language=u["language"], topk_ids=t["topk_ids"][a:b].long(),
-                    topk_logprobs=t["topk_logprobs"][a:b], target_ids=t["target_ids"][a:b].long(),
-                    target_logprobs=t["target_logprobs"][a:b], hyp=u.get("hyp"), hyp_ids=u.get("hyp_ids"),
-                    errors=u.get("errors"), ref_units=u.get("ref_units"))
+                    id=u["id"],
+                    ref=u["ref"],
+                    language=u["language"],
+                    topk_ids=t["topk_ids"][a:b].long(),
+                    topk_logprobs=t["topk_logprobs"][a:b],
+                    target_ids=t["target_ids"][a:b].long(),
+                    target_logprobs=t["target_logprobs"][a:b],
+                    hyp=u.get("hyp"),
+                    hyp_ids=u.get("hyp_ids"),
+                    errors=u.get("errors"),
+                    ref_units=u.get("ref_units"),
+                )
 
     def __len__(self) -> int:
         return len(self._items)
@@ -259,7 +290,7 @@ class TeacherCache:
         return out
 
 
-def relabel_with_teacher(cuts, cache: "TeacherCache", max_error_rate: Optional[float]):
+def relabel_with_teacher(cuts, cache: TeacherCache, max_error_rate: Optional[float]):
     """Replace each cut's transcript by the teacher's (pseudo-labels); drop cuts without one or above the
     error-rate filter. Returns ``(cuts, {"kept", "dropped"})``."""
     labels = cache.pseudo_labels(max_error_rate)

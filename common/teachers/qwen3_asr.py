@@ -13,13 +13,23 @@ transcript positions are projected to the 151,936-token vocabulary, in chunks (:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from common.audio import TARGET_SR, as_numpy as _as_numpy
-from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, predicting_states, right_pad, score_hidden
+from common.audio import TARGET_SR
+from common.audio import as_numpy as _as_numpy
+from common.teachers.base import (
+    Generation,
+    TeacherScores,
+    freeze,
+    pad_targets,
+    predicting_states,
+    right_pad,
+    score_hidden,
+)
 from common.teachers.qwen3 import load_qwen3_tokenizer
 from common.text import LANGUAGE_NAMES, detect_language
 
@@ -56,8 +66,14 @@ def audio_token_lengths(feature_lengths: torch.Tensor, n_window: int = 50) -> li
 
 
 class Qwen3ASRTeacher:
-    def __init__(self, model, tokenizer, feature_extractor=None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        feature_extractor=None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         from transformers import Qwen3ASRFeatureExtractor
 
         self.model = freeze(model.to(device=device, dtype=dtype))
@@ -70,7 +86,9 @@ class Qwen3ASRTeacher:
         self.asr_text_id = tokenizer.convert_tokens_to_ids("<asr_text>")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "Qwen3ASRTeacher":
+    def from_pretrained(
+        cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Qwen3ASRTeacher:
         from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
 
         model = Qwen3ASRForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
@@ -79,16 +97,23 @@ class Qwen3ASRTeacher:
 
     # -- inputs ---------------------------------------------------------------------------------
     def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str] | None = None) -> dict[str, Any]:
-        f = self.feature_extractor(_as_numpy(audios), sampling_rate=TARGET_SR, padding=True, return_attention_mask=True,
-                                   return_tensors="pt")
+        f = self.feature_extractor(
+            _as_numpy(audios), sampling_rate=TARGET_SR, padding=True, return_attention_mask=True, return_tensors="pt"
+        )
         mask = f["attention_mask"]
-        return {"input_features": f["input_features"], "input_features_mask": mask,
-                "n_audio_tokens": audio_token_lengths(mask.sum(-1), self.n_window),
-                "languages": list(languages) if languages is not None else None}
+        return {
+            "input_features": f["input_features"],
+            "input_features_mask": mask,
+            "n_audio_tokens": audio_token_lengths(mask.sum(-1), self.n_window),
+            "languages": list(languages) if languages is not None else None,
+        }
 
     def prompt_ids(self, n_audio: int, language: str | None) -> list[int]:
-        text = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|>" + "<|audio_pad|>" * n_audio +
-                "<|audio_end|><|im_end|>\n<|im_start|>assistant\n")
+        text = (
+            "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|>"
+            + "<|audio_pad|>" * n_audio
+            + "<|audio_end|><|im_end|>\n<|im_start|>assistant\n"
+        )
         if language is not None:
             text += f"language {LANGUAGE_NAMES.get(language, language)}<asr_text>"
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -98,8 +123,13 @@ class Qwen3ASRTeacher:
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, batch: dict[str, Any], targets: Sequence[Sequence[int]], top_k: int,
-              languages: Sequence[str] | None = None) -> TeacherScores:
+    def score(
+        self,
+        batch: dict[str, Any],
+        targets: Sequence[Sequence[int]],
+        top_k: int,
+        languages: Sequence[str] | None = None,
+    ) -> TeacherScores:
         """Teacher-forced log-probs at the transcript positions; the language of each row is given or
         inferred from its text (CJK -> Chinese, else English)."""
         languages = languages or batch.get("languages")
@@ -109,10 +139,16 @@ class Qwen3ASRTeacher:
         ids, att = right_pad([p + list(t)[:-1] for p, t in zip(prompts, targets)], self.pad_id)
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
-        out = self.model.model(input_ids=ids.to(dev), input_features=batch["input_features"].to(dev, dtype),
-                               input_features_mask=batch["input_features_mask"].to(dev), attention_mask=att.to(dev))
+        out = self.model.model(
+            input_ids=ids.to(dev),
+            input_features=batch["input_features"].to(dev, dtype),
+            input_features_mask=batch["input_features_mask"].to(dev),
+            attention_mask=att.to(dev),
+        )
         tgt, mask = pad_targets(targets, self.pad_id)
-        hidden = predicting_states(out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1])  # only what is scored
+        hidden = predicting_states(
+            out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1]
+        )  # only what is scored
         return score_hidden(hidden, self.model.lm_head, tgt.to(dev), mask.to(dev), top_k)
 
     # -- generation -----------------------------------------------------------------------------
@@ -130,10 +166,15 @@ class Qwen3ASRTeacher:
             att[i, L - len(p) :] = 1
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
-        seqs = self.model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev),
-                                   input_features=batch["input_features"].to(dev, dtype),
-                                   input_features_mask=batch["input_features_mask"].to(dev),
-                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        seqs = self.model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=att.to(dev),
+            input_features=batch["input_features"].to(dev, dtype),
+            input_features_mask=batch["input_features_mask"].to(dev),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+        )
         texts, out_ids = [], []
         for s in seqs[:, L:].tolist():
             s = s[: s.index(self.stop_id)] if self.stop_id in s else s

@@ -67,8 +67,11 @@ class TokenMap:
 
     def record(self, student_ids: list[int], teacher_ids: list[int]) -> bool:
         """Count whether the teacher's tokenisation of a text equals the student's (mapped id by id)."""
-        same = self.to_teacher(torch.tensor(student_ids, dtype=torch.long)).tolist() == list(teacher_ids) if student_ids \
+        same = (
+            self.to_teacher(torch.tensor(student_ids, dtype=torch.long)).tolist() == list(teacher_ids)
+            if student_ids
             else not teacher_ids
+        )
         self.stats.n_texts += 1
         self.stats.n_mismatched += int(not same)
         return same

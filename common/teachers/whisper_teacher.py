@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from common.audio import TARGET_SR, as_numpy as _as_numpy
+from common.audio import TARGET_SR
+from common.audio import as_numpy as _as_numpy
 from common.data.collate import is_multilingual, whisper_prefix, whisper_target_ids
-from common.teachers.base import Generation, TeacherScores, freeze, pad_targets, predicting_states, right_pad, score_hidden
+from common.teachers.base import (
+    Generation,
+    TeacherScores,
+    freeze,
+    pad_targets,
+    predicting_states,
+    right_pad,
+    score_hidden,
+)
 
 
 class WhisperTeacher:
     """Generation and teacher-forced scoring with the forced prefix <|sot|>[<|lang|><|task|>]<|notimestamps|>."""
 
-    def __init__(self, model, processor, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, model, processor, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
         self.model = freeze(model.to(device=device, dtype=dtype))
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -24,7 +36,9 @@ class WhisperTeacher:
         self.stop_id = self.eot
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "WhisperTeacher":
+    def from_pretrained(
+        cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> WhisperTeacher:
         from common.whisper import load_whisper
 
         model, processor = load_whisper(name_or_path, device=device, dtype=dtype)
@@ -35,7 +49,9 @@ class WhisperTeacher:
         return next(self.model.parameters()).device
 
     def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
-        feats = self.processor.feature_extractor(_as_numpy(audios), sampling_rate=TARGET_SR, return_tensors="pt").input_features
+        feats = self.processor.feature_extractor(
+            _as_numpy(audios), sampling_rate=TARGET_SR, return_tensors="pt"
+        ).input_features
         return {"input_features": feats, "languages": list(languages)}
 
     def encode_text(self, text: str, language: str = "en") -> list[int]:
@@ -45,8 +61,13 @@ class WhisperTeacher:
         return whisper_prefix(self.tokenizer, language if self.multilingual else None)
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], max_new_tokens: int = 128, num_beams: int = 1,
-                 encoder_out: torch.Tensor | None = None) -> Generation:
+    def generate(
+        self,
+        batch: dict[str, Any],
+        max_new_tokens: int = 128,
+        num_beams: int = 1,
+        encoder_out: torch.Tensor | None = None,
+    ) -> Generation:
         """Greedy/beam transcripts; ``encoder_out`` (from :meth:`encode`) skips a second encoder pass."""
         p = next(self.model.parameters())
         kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
@@ -69,8 +90,13 @@ class WhisperTeacher:
         return self.model.model.encoder(batch["input_features"].to(p.device, p.dtype)).last_hidden_state
 
     @torch.no_grad()
-    def score(self, batch: dict[str, Any], targets: Sequence[Sequence[int]], top_k: int,
-              encoder_out: torch.Tensor | None = None) -> TeacherScores:
+    def score(
+        self,
+        batch: dict[str, Any],
+        targets: Sequence[Sequence[int]],
+        top_k: int,
+        encoder_out: torch.Tensor | None = None,
+    ) -> TeacherScores:
         """Teacher-forced: decoder input = prefix + target[:-1]; position j predicts target[j]."""
         langs = batch.get("languages") or ["en"] * len(targets)
         prefixes = [self._prefix(l) for l in langs]

@@ -13,12 +13,37 @@ from common.training.config import FSDPConfig, OptimConfig, TrainerConfig
 from common.training.fit import ExperimentConfig, evaluate_test_sets, last_checkpoint, launch_rank, run_fit
 from common.training.optim import configure_optim, lr_lambda
 from common.training.preemption import Preempted, PreemptionCheckpoint, StopAfterSteps
-from common.training.strategy import (TeacherPlacement, enable_activation_checkpointing, gathered_params, layer_classes,
-                                      make_strategy, shard_frozen)
+from common.training.strategy import (
+    TeacherPlacement,
+    enable_activation_checkpointing,
+    gathered_params,
+    layer_classes,
+    make_strategy,
+    shard_frozen,
+)
 from common.training.trainer import build_trainer
 from common.training.validation import ValidationLog
 
-__all__ = ["FSDPConfig", "OptimConfig", "TrainerConfig", "ExperimentConfig", "evaluate_test_sets", "last_checkpoint",
-           "launch_rank", "run_fit", "configure_optim", "lr_lambda", "Preempted", "PreemptionCheckpoint",
-           "StopAfterSteps", "TeacherPlacement", "enable_activation_checkpointing", "gathered_params", "layer_classes",
-           "make_strategy", "shard_frozen", "build_trainer", "ValidationLog"]
+__all__ = [
+    "FSDPConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "ExperimentConfig",
+    "evaluate_test_sets",
+    "last_checkpoint",
+    "launch_rank",
+    "run_fit",
+    "configure_optim",
+    "lr_lambda",
+    "Preempted",
+    "PreemptionCheckpoint",
+    "StopAfterSteps",
+    "TeacherPlacement",
+    "enable_activation_checkpointing",
+    "gathered_params",
+    "layer_classes",
+    "make_strategy",
+    "shard_frozen",
+    "build_trainer",
+    "ValidationLog",
+]

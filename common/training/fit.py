@@ -7,8 +7,9 @@ checkpoints), TensorBoard logs under ``tb/``, per-test-set evaluation files and,
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import lightning as L
 import torch
@@ -31,10 +32,16 @@ class ExperimentConfig(Protocol):
     teacher: Any  # common.teachers.TeacherConfig (placement of the frozen teacher)
 
 
-def run_fit(cfg: ExperimentConfig, build: Callable[[], tuple[L.LightningModule, Any, dict]], transcriber: Callable[[L.LightningModule], Any],
-            resume: bool = False, overwrite: bool = False, stop_after_steps: Optional[int] = None,
-            on_trained: Optional[Callable[[L.LightningModule, Path], None]] = None,
-            callbacks: Optional[list] = None) -> dict[str, Any]:
+def run_fit(
+    cfg: ExperimentConfig,
+    build: Callable[[], tuple[L.LightningModule, Any, dict]],
+    transcriber: Callable[[L.LightningModule], Any],
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after_steps: Optional[int] = None,
+    on_trained: Optional[Callable[[L.LightningModule, Path], None]] = None,
+    callbacks: Optional[list] = None,
+) -> dict[str, Any]:
     """The run-directory life cycle shared by both methods.
 
     prepare (or resume) ``cfg.run_dir`` -> seed -> config.yaml + meta.json -> ``build()`` (module, datamodule, info)
@@ -64,8 +71,16 @@ def run_fit(cfg: ExperimentConfig, build: Callable[[], tuple[L.LightningModule, 
     trainer = build_trainer(cfg.trainer, run_dir, callbacks=cbs, module=module)
     if trainer.is_global_zero:
         save_yaml(cfg, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "meta.json", {"git_revision": git_revision(), "method": cfg.method, "torch": torch.__version__,
-                                                  "world_size": trainer.world_size, "resumed_from": str(ckpt) if ckpt else None})
+        atomic_write_json(
+            run_dir / "meta.json",
+            {
+                "git_revision": git_revision(),
+                "method": cfg.method,
+                "torch": torch.__version__,
+                "world_size": trainer.world_size,
+                "resumed_from": str(ckpt) if ckpt else None,
+            },
+        )
     t0, c0 = time.time(), time.process_time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     train_s, train_cpu = time.time() - t0, time.process_time() - c0
@@ -85,29 +100,42 @@ def run_fit(cfg: ExperimentConfig, build: Callable[[], tuple[L.LightningModule, 
         module = _reload(build, run_dir / "checkpoints" / "last.ckpt")
     if on_trained is not None:
         on_trained(module, run_dir)
-    summary: dict[str, Any] = {"method": cfg.method, "steps": trainer.global_step, "train_seconds": round(train_s, 1),
-                               "train_cpu_seconds": round(train_cpu, 1), "torch_threads": torch.get_num_threads(),
-                               "world_size": world, "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-                               **info}
+    summary: dict[str, Any] = {
+        "method": cfg.method,
+        "steps": trainer.global_step,
+        "train_seconds": round(train_s, 1),
+        "train_cpu_seconds": round(train_cpu, 1),
+        "torch_threads": torch.get_num_threads(),
+        "world_size": world,
+        "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        **info,
+    }
     if cfg.data.test:
         summary.update(evaluate_test_sets(cfg, module, transcriber, run_dir))
     atomic_write_json(run_dir / SUMMARY, summary)
     return summary
 
 
-def evaluate_test_sets(cfg: ExperimentConfig, module: L.LightningModule, transcriber: Callable[[L.LightningModule], Any], run_dir: Path) -> dict:
+def evaluate_test_sets(
+    cfg: ExperimentConfig, module: L.LightningModule, transcriber: Callable[[L.LightningModule], Any], run_dir: Path
+) -> dict:
     """Decode ``cfg.data.test`` with the trained model into ``run_dir/eval`` (per-utterance errors kept)."""
     from common.evaluate import EvalConfig, markdown_table, run_evaluation
 
     module.eval()
-    ev = EvalConfig(out_dir=str(run_dir / "eval"), model=str(run_dir), sets=list(cfg.data.test), decoding=cfg.decoding,
-                    bad_sample_policy=cfg.data.bad_sample_policy)
+    ev = EvalConfig(
+        out_dir=str(run_dir / "eval"),
+        model=str(run_dir),
+        sets=list(cfg.data.test),
+        decoding=cfg.decoding,
+        bad_sample_policy=cfg.data.bad_sample_policy,
+    )
     res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
     return {"sets": res["sets"], "table": markdown_table(res, run_dir.name)}
 
 
 def launch_rank() -> int:
-    """This process's global rank as the launcher (torchrun, srun, Lightning) set it, before any process group exists."""
+    """This process's global rank as the launcher (torchrun, srun, Lightning) set it, before a process group exists."""
     from lightning.pytorch.utilities import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)

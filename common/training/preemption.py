@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import lightning as L
 
@@ -28,7 +29,10 @@ class PreemptionCheckpoint(L.Callback):
     the decision is all-reduced), ``run_fit`` writes ``last.ckpt`` and raises :class:`Preempted`. Checkpoints are
     taken after the whole step, module hooks (EMA self-teacher) included, so resuming is exact."""
 
-    SIGNALS = ("SIGUSR1", "SIGUSR2")  # SIGUSR2: submitit's pre-timeout signal in sweeps (its requeue runs after our save)
+    SIGNALS = (
+        "SIGUSR1",
+        "SIGUSR2",
+    )  # SIGUSR2: submitit's pre-timeout signal in sweeps (its requeue runs after our save)
 
     def __init__(self, ckpt_path: Path) -> None:
         self.path = Path(ckpt_path)
@@ -74,7 +78,9 @@ class PreemptionCheckpoint(L.Callback):
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)  # Lightning writes through a temporary file: atomic
             if trainer.is_global_zero:
-                print(f"SIGTERM at step {trainer.global_step}: checkpoint {self.path}; continue with --resume", flush=True)
+                print(
+                    f"SIGTERM at step {trainer.global_step}: checkpoint {self.path}; continue with --resume", flush=True
+                )
 
 
 class StopAfterSteps(L.Callback):

@@ -4,7 +4,8 @@ parameter gathering for generation, sharding and placing the frozen teacher. Mod
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -27,10 +28,14 @@ def make_strategy(cfg: TrainerConfig, module: Optional[torch.nn.Module] = None) 
         from lightning.pytorch.strategies import FSDPStrategy
 
         classes = layer_classes(module) if module is not None else set()
-        return FSDPStrategy(auto_wrap_policy=classes or None, sharding_strategy=cfg.fsdp.sharding_strategy,
-                            state_dict_type=cfg.fsdp.state_dict_type, cpu_offload=cfg.fsdp.cpu_offload,
-                            activation_checkpointing_policy=classes if cfg.activation_checkpointing and classes else None,
-                            use_orig_params=True)  # frozen encoder + trainable rest in one unit
+        return FSDPStrategy(
+            auto_wrap_policy=classes or None,
+            sharding_strategy=cfg.fsdp.sharding_strategy,
+            state_dict_type=cfg.fsdp.state_dict_type,
+            cpu_offload=cfg.fsdp.cpu_offload,
+            activation_checkpointing_policy=classes if cfg.activation_checkpointing and classes else None,
+            use_orig_params=True,
+        )  # frozen encoder + trainable rest in one unit
     if cfg.strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 

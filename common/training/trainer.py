@@ -14,15 +14,25 @@ from common.training.preemption import PreemptionCheckpoint
 from common.training.strategy import enable_activation_checkpointing, make_strategy
 
 
-def build_trainer(cfg: TrainerConfig, run_dir: Path, callbacks: Optional[list] = None, limit_val_batches: Any = None,
-                  module: Optional[torch.nn.Module] = None) -> L.Trainer:
+def build_trainer(
+    cfg: TrainerConfig,
+    run_dir: Path,
+    callbacks: Optional[list] = None,
+    limit_val_batches: Any = None,
+    module: Optional[torch.nn.Module] = None,
+) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1 if cfg.ckpt_every_n_steps else 0,
-                           every_n_train_steps=cfg.ckpt_every_n_steps or cfg.max_steps, filename="step{step:07d}",
-                           auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_last=True,
+        save_top_k=-1 if cfg.ckpt_every_n_steps else 0,
+        every_n_train_steps=cfg.ckpt_every_n_steps or cfg.max_steps,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+    )
     kw: dict[str, Any] = {}
     if cfg.val_every_n_steps:
         kw.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
@@ -34,10 +44,22 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, callbacks: Optional[list] =
         enable_activation_checkpointing(module)
     preempt = PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     return L.Trainer(
-        max_steps=cfg.max_steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=make_strategy(cfg, module), precision=cfg.precision, accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.gradient_clip_val, log_every_n_steps=cfg.log_every_n_steps, deterministic=cfg.deterministic,
-        enable_progress_bar=cfg.progress_bar, use_distributed_sampler=False, default_root_dir=str(run_dir),
-        logger=TensorBoardLogger(str(run_dir), name="tb", version=""), callbacks=[ckpt, preempt] + list(callbacks or []),
-        num_sanity_val_steps=0, **kw,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=make_strategy(cfg, module),
+        precision=cfg.precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val,
+        log_every_n_steps=cfg.log_every_n_steps,
+        deterministic=cfg.deterministic,
+        enable_progress_bar=cfg.progress_bar,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+        logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
+        callbacks=[ckpt, preempt] + list(callbacks or []),
+        num_sanity_val_steps=0,
+        **kw,
     )

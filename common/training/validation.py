@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -43,8 +44,9 @@ class ValidationLog(torch.nn.Module):
         if not missing or any(type(p).__name__ == "DTensor" for p in teacher.model.parameters()):
             return
         with torch.no_grad():
-            gen = teacher.generate(teacher.prepare([s["audio"] for s in missing], [s["language"] for s in missing]),
-                                   max_new_tokens=64)
+            gen = teacher.generate(
+                teacher.prepare([s["audio"] for s in missing], [s["language"] for s in missing]), max_new_tokens=64
+            )
         self.teacher_texts.update({s["id"]: t for s, t in zip(missing, gen.texts)})
 
     def log(self, module: L.LightningModule) -> None:
