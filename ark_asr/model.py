@@ -295,10 +295,29 @@ class ArkStudent(nn.Module):
         prompts = [self.prompt_ids(n) for n in n_tok]
         ids, att = right_pad([p + list(t)[:-1] for p, t in zip(prompts, targets)], self.pad_id)
         ids, att = ids.to(dev), att.to(dev)
-        out = self.llm.model(inputs_embeds=self._embeds(ids, self.audio_embeds(feats, n_tok)), attention_mask=att)
+        out = self.backbone()(inputs_embeds=self._embeds(ids, self.audio_embeds(feats, n_tok)), attention_mask=att)
         tgt, mask = pad_targets(targets, self.pad_id)
         tgt, mask = tgt.to(dev), mask.to(dev)
         return predicting_states(out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1]), tgt, mask
+
+    def backbone(self) -> nn.Module:
+        """The LM's transformer without its head (final hidden states), also under a PEFT (LoRA) wrapper, whose
+        ``.model`` is the whole causal LM, not its transformer; the LoRA layers sit inside it either way."""
+        llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return llm.get_decoder()
+
+    @property
+    def control_ids(self) -> torch.Tensor:
+        """Ids a transcript never contains: every special or added token of the tokenizer (Whisper's task, language
+        and timestamp-mode tokens, Qwen3's <think>, tool and FIM tokens, the Ark prompt tokens) and the LM's rows past
+        the tokenizer, but not the stop token. Blocked in rollouts and decoding, and left out of S_t."""
+        from common.teachers.token_map import control_token_ids
+
+        n_out = self.lm_head().weight.shape[0]
+        if getattr(self, "_control", None) is None or self._control[0] != n_out:
+            ids = control_token_ids(self.tokenizer, {self.stop_id}, n_out)
+            self._control = (n_out, torch.tensor(ids, dtype=torch.long))
+        return self._control[1]
 
     def lm_head(self) -> nn.Linear:
         return self.llm.get_output_embeddings()
@@ -335,8 +354,7 @@ class ArkStudent(nn.Module):
             ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
         ids, att = ids.to(dev), att.to(dev)
         emb = self._embeds(ids, self.audio_embeds(feats, n_tok))
-        banned = torch.tensor(sorted(set(self.tokenizer.all_special_ids) - {self.stop_id}), dtype=torch.long)
-        procs = [_BlockTokens(banned)]
+        procs = [_BlockTokens(self.control_ids)]
         rec = _RecordTopK(record_topk) if record_topk else None
         if rec:
             procs.append(rec)

@@ -19,7 +19,6 @@ import torch
 from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
-from common.teachers.base import gather_logprobs
 from common.training import ValidationLog, configure_optim, gathered_params
 
 
@@ -75,23 +74,13 @@ class ArkModule(L.LightningModule):
     def opd_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         o, s, tm = self.cfg.opd, self.student, self.token_map
         t0 = time.perf_counter()
-        # 1-2. rollout without grad; empty rollouts fall back to the reference
-        with gathered_params(s):  # FSDP: one all-gather per rollout, not per generated token
-            roll = s.generate(
-                batch["input_features"],
-                batch["feature_lens"],
-                max_new_tokens=o.max_new_tokens,
-                do_sample=o.rollout == "sample",
-                temperature=o.temperature,
-            )
-        texts = [s.decode(ids) for ids in roll["ids"]]
-        empty = [not t for t in texts]
-        texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
+        roll, texts, empty, stopped = self.rollout(batch)  # 1-2. no grad; empty rollouts -> the reference
         t1 = time.perf_counter()
-        # 3. teacher scores the text teacher-forced, in its own tokenisation
-        t_targets = [self.teacher.encode_text(t, lang) for t, lang in zip(texts, batch["languages"])]
-        t_batch = self.teacher.prepare(batch["audios"], batch["languages"])
-        sc = self.teacher.score(t_batch, t_targets, top_k=o.top_k)
+        # 3. the teacher scores the text teacher-forced in its own tokenisation (control tokens masked out)
+        t_targets, langs = self.teacher_targets(texts, stopped, batch)
+        sc = self.teacher.score(
+            self.teacher.prepare(batch["audios"], langs), t_targets, top_k=o.top_k, block_control=True
+        )
         # 4. the same tokens in the student vocabulary; a token without counterpart ends the usable prefix
         s_targets, n_cut = [], 0
         for t in t_targets:
@@ -99,24 +88,21 @@ class ArkModule(L.LightningModule):
             cut = mapped.index(-1) if -1 in mapped else len(mapped)
             n_cut += int(cut < len(mapped))
             s_targets.append(mapped[: max(cut, 1)] if cut else [s.stop_id])
-        for ids, t, e in zip(roll["ids"], t_targets, empty):
-            if not e:  # did the teacher's tokenisation of the rollout text give back the rollout's tokens?
-                tm.record(ids, t[:-1])
+        # did the teacher's tokenisation of each rollout text give back the rollout's own tokens? (this step only)
+        same = [
+            tm.record(ids, t[: len(t) - st]) for ids, t, st, e in zip(roll["ids"], t_targets, stopped, empty) if not e
+        ]
         t2 = time.perf_counter()
-        # 5. student re-scores with grad
+        # 5. the student re-scores with grad; 6. candidates U_t = S_t u K_t; 7. union top-k KL at U_t
         hidden, tgt, mask = s.forward_hidden(batch["input_features"], batch["feature_lens"], s_targets)
         T = tgt.shape[1]
         mask = mask & sc.mask[:, :T].to(mask.device)
-        with torch.no_grad():  # S_t: the student's top-k at each position, the actual next token included
-            S = torch.stack([s.lm_head()(hidden[:, t].detach()).topk(o.top_k, -1).indices for t in range(T)], 1)
-            has = (S == tgt[..., None]).any(-1)
-            S[..., -1] = torch.where(has, S[..., -1], tgt)
-        K = tm.to_student(sc.topk_ids[:, :T].to(mask.device))  # (B, T, k), -1 where unmapped
+        S = self.student_candidates(hidden, tgt, roll, s_targets)
+        K = self.teacher_candidates(sc, T).to(mask.device)
         U = build_candidates(S, K, o.support)  # (B, T, |U|), -1 padded
         cand = U >= 0
         u_teacher = tm.to_teacher(U)
-        lpT = gather_logprobs(sc.hidden[:, :T], sc.lm_head, sc.lse[:, :T], u_teacher.clamp(min=0).to(sc.hidden.device))
-        lpT = lpT.to(mask.device)  # (B, T, |U|) teacher log-probs at the candidates
+        lpT = sc.gather(u_teacher.clamp(min=0).to(sc.hidden.device), T).to(mask.device)  # (B, T, |U|)
         lpT = torch.where(cand & (u_teacher >= 0), lpT, torch.full_like(lpT, float("-inf")))
         if o.teacher_values == "raw_logit_topk":  # the released code: raw logits on K, log-probs on S \ K
             inK = (U[..., None] == K[..., None, :]).any(-1) & cand
@@ -133,10 +119,71 @@ class ArkModule(L.LightningModule):
             rollout_len=torch.tensor([len(i) for i in roll["ids"]], dtype=torch.float).mean(),
             empty_rollouts=float(sum(empty)),
             stopped_ratio=float(sum(roll["stopped"])) / len(texts),
-            retok_mismatch=tm.stats.mismatch_rate,
+            retok_mismatch=(1.0 - sum(same) / len(same)) if same else 0.0,
             unmapped_cut=float(n_cut),
         )
         return loss, logs
+
+    # -- OPD pieces -----------------------------------------------------------------------------
+    def rollout(self, batch: dict[str, Any]) -> tuple[dict, list[str], list[bool], list[bool]]:
+        """The student's rollout (control tokens blocked, its top-k recorded at every step), its texts, which rows were
+        empty (they fall back to the reference, a complete transcript) and which rows end with the stop token."""
+        o, s = self.cfg.opd, self.student
+        with gathered_params(s):  # FSDP: one all-gather per rollout, not per generated token
+            roll = s.generate(
+                batch["input_features"],
+                batch["feature_lens"],
+                max_new_tokens=o.max_new_tokens,
+                do_sample=o.rollout == "sample",
+                temperature=o.temperature,
+                record_topk=o.top_k,
+            )
+        texts = [s.decode(ids) for ids in roll["ids"]]
+        empty = [not t for t in texts]
+        texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
+        stopped = [e or st for e, st in zip(empty, roll["stopped"])]
+        return roll, texts, empty, stopped
+
+    def teacher_targets(self, texts: list[str], stopped: list[bool], batch: dict[str, Any]):
+        """Teacher target ids of each text, with the teacher's stop token only where the student stopped (a rollout cut
+        at ``max_new_tokens`` has no stop position), and the language the teacher is prompted with: the manifest's
+        where it declares one, else inferred from the transcript being scored."""
+        from common.text import detect_language
+
+        declared = batch.get("language_declared") or [True] * len(texts)
+        langs = [lang if d else detect_language(t) for lang, d, t in zip(batch["languages"], declared, texts)]
+        targets = []
+        for text, lang, st in zip(texts, langs, stopped):
+            ids = self.teacher.encode_text(text, lang)  # ends with the teacher's stop token
+            targets.append(ids if st else ids[:-1])
+        return targets, langs
+
+    @torch.no_grad()
+    def student_candidates(self, hidden, tgt, roll: dict, s_targets: list[list[int]]) -> torch.Tensor:
+        """S_t (B, T, k): the student's top-k at each position after the rollout's control-token blocking, the actual
+        next token always included. Rows whose targets are the rollout's own tokens take the top-k recorded during
+        the rollout; other rows (re-tokenised, cut, or the reference) take it from the re-scored logits."""
+        s, k = self.student, self.cfg.opd.top_k
+        T = tgt.shape[1]
+        blocked = s.control_ids.to(hidden.device)
+        S = torch.empty((tgt.shape[0], T, k), dtype=torch.long, device=hidden.device)
+        for t in range(T):  # (B, V) at a time: never a (B, T, V) tensor
+            z = s.lm_head()(hidden[:, t].detach()).float()
+            S[:, t] = z.index_fill(-1, blocked, float("-inf")).topk(k, -1).indices
+        for i, (ids, st, rec) in enumerate(zip(roll["ids"], roll["stopped"], roll["topk"])):
+            if list(ids) + ([s.stop_id] if st else []) == list(s_targets[i]) and len(rec) == len(s_targets[i]):
+                S[i, : len(rec)] = rec.to(S.device)
+        has = (S == tgt[..., None]).any(-1)
+        S[..., -1] = torch.where(has, S[..., -1], tgt)
+        return S
+
+    def teacher_candidates(self, sc, T: int) -> torch.Tensor:
+        """K_t (B, T, k) in student ids, -1 where unmapped or where the teacher's value is not finite; a position
+        with fewer than 2 valid teacher entries gets an empty teacher set (all -1), as in the authors' trainer."""
+        K = self.token_map.to_student(sc.topk_ids[:, :T])
+        valid = (K >= 0) & torch.isfinite(sc.topk_logprobs[:, :T]).to(K.device)
+        keep = valid & (valid.sum(-1, keepdim=True) >= 2)
+        return torch.where(keep, K, torch.full_like(K, -1))
 
     @torch.no_grad()
     def opd_diagnostics(self, S, K, finite_cand, mask, sc, T) -> dict[str, torch.Tensor]:

@@ -98,7 +98,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.policy = policy
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
-        audios, texts, langs, ids, durations, skipped = [], [], [], [], [], []
+        audios, texts, langs, declared, ids, durations, skipped = [], [], [], [], [], [], []
         for cut in cuts:
             try:
                 audio = cut_audio(cut)
@@ -111,10 +111,13 @@ class AsrDataset(torch.utils.data.Dataset):
             audios.append(audio)
             texts.append(sup.text)
             langs.append(sup.language)
+            declared.append(not (sup.custom or {}).get("language_detected", False))
             ids.append(cut.id)
             durations.append(cut.duration)
         batch: dict[str, Any] = self.collate(audios, texts, langs) if audios else {}
-        batch.update(ids=ids, texts=texts, languages=langs, durations=durations, skipped=skipped)
+        batch.update(
+            ids=ids, texts=texts, languages=langs, language_declared=declared, durations=durations, skipped=skipped
+        )
         batch.setdefault("audios", audios)  # waveforms: teachers compute their own features, TensorBoard plays a few
         return batch
 

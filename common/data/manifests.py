@@ -103,11 +103,14 @@ def _make_cut(
     duration: float | None = None,
     declared_sr: int | None = None,
     is_segment: bool = False,
+    language_detected: bool = False,
 ):
     """Validate one utterance against its audio header; return a cut or record a problem.
 
     ``is_segment``: ``duration`` is a segment length starting at ``offset``; otherwise it is the declared
-    length of the whole file and must agree with it.
+    length of the whole file and must agree with it. ``language_detected``: the manifest gave no language (it was
+    detected from the reference text); recorded in the supervision's ``custom`` so that stages which transcribe the
+    audio themselves (OPD) can infer it from their own transcript instead.
     """
     try:
         info = audio_info(path)
@@ -145,7 +148,14 @@ def _make_cut(
     channel = 0 if info.channels == 1 else list(range(info.channels))
     cut.supervisions = [
         SupervisionSegment(
-            id=uid, recording_id=rec.id, start=0.0, duration=cut.duration, channel=channel, text=text, language=language
+            id=uid,
+            recording_id=rec.id,
+            start=0.0,
+            duration=cut.duration,
+            channel=channel,
+            text=text,
+            language=language,
+            custom={"language_detected": True} if language_detected else None,
         )
     ]
     report.sample_rates[info.sample_rate] = report.sample_rates.get(info.sample_rate, 0) + 1
@@ -229,6 +239,7 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
             duration=None if row.get("duration") is None else float(row["duration"]),
             declared_sr=row.get("sample_rate"),
             is_segment="offset" in row,
+            language_detected=not row.get("language"),
         )
         if cut is not None:
             cuts.append(cut)
@@ -276,6 +287,7 @@ def from_lhotse(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cu
             offset=cut.start,
             duration=cut.duration,
             is_segment=True,
+            language_detected=not sup.language,
         )
         if new is not None:
             cuts.append(new)
@@ -299,7 +311,8 @@ def from_shar(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutS
         if cut.duration <= 0:
             report.problems.append(Problem(src, "empty_audio", "zero-length cut"))
             continue
-        cut.supervisions = [fastcopy(sup, text=text, language=language)]
+        custom = {**(sup.custom or {}), "language_detected": True} if not sup.language else sup.custom
+        cut.supervisions = [fastcopy(sup, text=text, language=language, custom=custom)]
         report.n_ok += 1
         report.total_seconds += cut.duration
         report.sample_rates[cut.sampling_rate] = report.sample_rates.get(cut.sampling_rate, 0) + 1
@@ -366,6 +379,7 @@ def from_kaldi_dir(
             offset=offset,
             duration=None if stop < 0 else stop - offset,
             is_segment=True,
+            language_detected=not langs.get(utt, language),
         )
         if cut is not None:
             cuts.append(cut)
@@ -412,7 +426,9 @@ def from_hf_dataset(
             apath = target
         else:
             apath = Path(audio.get("path") or "")
-        cut = _make_cut(f"{name}_{i:08d}", apath, text, lang, report, src)
+        cut = _make_cut(
+            f"{name}_{i:08d}", apath, text, lang, report, src, language_detected=not row.get("language", language)
+        )
         if cut is not None:
             cuts.append(cut)
     return _finish(cuts, report, policy)

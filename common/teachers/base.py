@@ -24,6 +24,10 @@ class TeacherScores:
     topk_ids: (B, T, k) long; topk_logprobs: (B, T, k) float32, sorted descending;
     target_logprobs: (B, T) float32; mask: (B, T) bool, True at real target positions.
     hidden: (B, T, d) the final hidden states at those positions; lse: (B, T) float32 log-normaliser.
+    blocked: (V,) bool or None: vocabulary entries masked out before the top-k and the log-softmax (the teacher's
+    control tokens, when scored with ``block_control``); their log-prob is -inf everywhere, ``gather`` included.
+    log_z_tau: (B, T) float32 or None: log sum_V exp(logp(v) / tau) for the ``tau`` scored with (what tempered KD
+    from a stored top-k needs: the exact tempered mass of the top-k, and so of the rest of the vocabulary).
     """
 
     topk_ids: torch.Tensor
@@ -33,22 +37,41 @@ class TeacherScores:
     hidden: torch.Tensor
     lse: torch.Tensor
     lm_head: torch.nn.Module
+    blocked: torch.Tensor | None = None
+    log_z_tau: torch.Tensor | None = None
 
     @torch.no_grad()
-    def gather(self, ids: torch.Tensor) -> torch.Tensor:
-        """log p_teacher(ids) at every position: ids (B, T, m) -> (B, T, m) float32 (exact, O(B T m d))."""
-        return gather_logprobs(self.hidden, self.lm_head, self.lse, ids)
+    def gather(self, ids: torch.Tensor, T: int | None = None) -> torch.Tensor:
+        """log p_teacher(ids) at the first ``T`` positions (all by default): ids (B, T, m) -> (B, T, m) float32
+        (exact, O(B T m d)); -inf at blocked ids."""
+        T = self.hidden.shape[1] if T is None else T
+        return gather_logprobs(self.hidden[:, :T], self.lm_head, self.lse[:, :T], ids, self.blocked)
 
 
 def gather_logprobs(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, lse: torch.Tensor, ids: torch.Tensor
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    lse: torch.Tensor,
+    ids: torch.Tensor,
+    blocked: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log_softmax(lm_head(hidden))[..., ids] computed only at ``ids``: (B,T,d), (B,T), (B,T,m) -> (B,T,m)."""
+    """log_softmax(lm_head(hidden))[..., ids] computed only at ``ids``: (B,T,d), (B,T), (B,T,m) -> (B,T,m).
+    ``blocked`` (V,) bool: ids excluded from the distribution (``lse`` was computed without them) get -inf."""
     w = lm_head.weight[ids]  # (B, T, m, d)
     logits = torch.einsum("btd,btmd->btm", hidden.to(w.dtype), w).float()
     if getattr(lm_head, "bias", None) is not None:
         logits = logits + lm_head.bias[ids].float()
-    return logits - lse.unsqueeze(-1)
+    out = logits - lse.unsqueeze(-1)
+    if blocked is not None:
+        out = out.masked_fill(blocked.to(ids.device)[ids], float("-inf"))
+    return out
+
+
+def vocab_mask(ids: Sequence[int], size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(size,) bool, True at ``ids`` (those below ``size``)."""
+    mask = torch.zeros(size, dtype=torch.bool, device=device)
+    mask[torch.tensor([i for i in ids if 0 <= i < size], dtype=torch.long, device=device)] = True
+    return mask
 
 
 @torch.no_grad()
@@ -59,11 +82,16 @@ def score_hidden(
     mask: torch.Tensor,
     top_k: int,
     chunk_positions: int = 256,
+    blocked: torch.Tensor | None = None,
+    tau: float | None = None,
 ) -> TeacherScores:
     """Top-k, target log-prob and log-normaliser from final hidden states, position chunk by chunk.
 
     hidden (B, T, d), targets (B, T) long, mask (B, T) bool. Only the valid positions are projected to the
     vocabulary, ``chunk_positions`` at a time in float32, so peak memory is chunk x V floats, not B x T x V.
+    ``blocked`` (V,) bool: entries set to -inf before the log-softmax and the top-k, so the distribution is
+    renormalised over the rest (the Ark-ASR authors' trainer does this with the teacher's control tokens).
+    ``tau``: also the tempered log-partition log sum_V exp(logp / tau) per position (``log_z_tau``).
     """
     B, T, _ = hidden.shape
     k = top_k
@@ -71,17 +99,23 @@ def score_hidden(
     topk_lp = torch.full((B, T, k), float("-inf"), device=hidden.device)
     tgt_lp = torch.zeros(B, T, device=hidden.device)
     lse = torch.zeros(B, T, device=hidden.device)
+    log_z = torch.zeros(B, T, device=hidden.device) if tau is not None else None
     idx = mask.nonzero(as_tuple=False)  # (N, 2)
     for s in range(0, idx.shape[0], chunk_positions):
         b, t = idx[s : s + chunk_positions].unbind(-1)
         logits = lm_head(hidden[b, t]).float()  # (n, V)
-        logp = torch.log_softmax(logits, dim=-1)  # (n, V), this chunk only
+        if blocked is not None:
+            logits = logits.masked_fill(blocked.to(logits.device), float("-inf"))
+        norm = torch.logsumexp(logits, dim=-1)  # (n,)
+        logp = logits - norm[:, None]  # (n, V), this chunk only
         v, i = logp.topk(k, dim=-1)
         topk_ids[b, t], topk_lp[b, t] = i, v
         tgt_lp[b, t] = logp.gather(-1, targets[b, t, None]).squeeze(-1)
-        lse[b, t] = logits[:, 0] - logp[:, 0]  # the normaliser log_softmax used
+        lse[b, t] = norm
+        if log_z is not None:
+            log_z[b, t] = torch.logsumexp(logp / tau, dim=-1)
         del logits, logp
-    return TeacherScores(topk_ids, topk_lp, tgt_lp, mask, hidden * mask[..., None], lse, lm_head)
+    return TeacherScores(topk_ids, topk_lp, tgt_lp, mask, hidden * mask[..., None], lse, lm_head, blocked, log_z)
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +171,20 @@ class Teacher(Protocol):
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 128, num_beams: int = 1) -> Generation: ...
 
-    def score(self, batch: dict[str, Any], targets: Sequence[Sequence[int]], top_k: int) -> TeacherScores: ...
+    control_ids: list[int]
+    """Ids that are never transcript text (every special or added token but the stop token; Whisper: its
+    ``suppress_tokens`` and the timestamp ids too)."""
+
+    def score(
+        self,
+        batch: dict[str, Any],
+        targets: Sequence[Sequence[int]],
+        top_k: int,
+        block_control: bool = False,
+        tau: float | None = None,
+    ) -> TeacherScores:
+        """Teacher-forced scores; ``block_control`` masks ``control_ids`` out before the top-k and log-softmax;
+        ``tau`` also returns the tempered log-partition (``TeacherScores.log_z_tau``)."""
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -29,8 +29,10 @@ from common.teachers.base import (
     predicting_states,
     right_pad,
     score_hidden,
+    vocab_mask,
 )
 from common.teachers.qwen3 import load_qwen3_tokenizer
+from common.teachers.token_map import control_token_ids
 from common.text import LANGUAGE_NAMES, detect_language
 
 # Ids of the Qwen3-ASR special tokens. audio_pad (151676) is Qwen3ASRConfig.audio_token_id in transformers;
@@ -84,6 +86,8 @@ class Qwen3ASRTeacher:
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else self.stop_id
         self.n_window = model.config.audio_config.n_window
         self.asr_text_id = tokenizer.convert_tokens_to_ids("<asr_text>")
+        n_out = model.lm_head.out_features  # the embedding is padded past the tokenizer (151936 rows)
+        self.control_ids = control_token_ids(tokenizer, {self.stop_id}, n_out)
 
     @classmethod
     def from_pretrained(
@@ -129,12 +133,16 @@ class Qwen3ASRTeacher:
         targets: Sequence[Sequence[int]],
         top_k: int,
         languages: Sequence[str] | None = None,
+        block_control: bool = False,
+        tau: float | None = None,
     ) -> TeacherScores:
-        """Teacher-forced log-probs at the transcript positions; the language of each row is given or
-        inferred from its text (CJK -> Chinese, else English)."""
-        languages = languages or batch.get("languages")
-        if languages is None:
-            languages = [detect_language(self.tokenizer.decode(list(t), skip_special_tokens=True)) for t in targets]
+        """Teacher-forced log-probs at the transcript positions; the language of each row is given or (None)
+        inferred from its text (CJK -> Chinese, else English). ``block_control``: ``control_ids`` masked out first."""
+        languages = languages or batch.get("languages") or [None] * len(targets)
+        languages = [
+            lang or detect_language(self.tokenizer.decode(list(t), skip_special_tokens=True))
+            for lang, t in zip(languages, targets)
+        ]
         prompts = [self.prompt_ids(n, lang) for n, lang in zip(batch["n_audio_tokens"], languages)]
         ids, att = right_pad([p + list(t)[:-1] for p, t in zip(prompts, targets)], self.pad_id)
         dev = next(self.model.parameters()).device
@@ -149,7 +157,8 @@ class Qwen3ASRTeacher:
         hidden = predicting_states(
             out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1]
         )  # only what is scored
-        return score_hidden(hidden, self.model.lm_head, tgt.to(dev), mask.to(dev), top_k)
+        blocked = vocab_mask(self.control_ids, self.model.lm_head.out_features, dev) if block_control else None
+        return score_hidden(hidden, self.model.lm_head, tgt.to(dev), mask.to(dev), top_k, blocked=blocked, tau=tau)
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()

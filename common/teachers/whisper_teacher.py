@@ -19,7 +19,9 @@ from common.teachers.base import (
     predicting_states,
     right_pad,
     score_hidden,
+    vocab_mask,
 )
+from common.teachers.token_map import control_token_ids
 
 
 class WhisperTeacher:
@@ -34,6 +36,9 @@ class WhisperTeacher:
         self.multilingual = is_multilingual(self.tokenizer)
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.stop_id = self.eot
+        suppress = list(getattr(model.generation_config, "suppress_tokens", None) or [])
+        n_out = model.proj_out.out_features  # timestamp ids lie past the tokenizer
+        self.control_ids = sorted(set(control_token_ids(self.tokenizer, {self.eot}, n_out)) | set(suppress))
 
     @classmethod
     def from_pretrained(
@@ -96,8 +101,12 @@ class WhisperTeacher:
         targets: Sequence[Sequence[int]],
         top_k: int,
         encoder_out: torch.Tensor | None = None,
+        block_control: bool = False,
+        tau: float | None = None,
     ) -> TeacherScores:
-        """Teacher-forced: decoder input = prefix + target[:-1]; position j predicts target[j]."""
+        """Teacher-forced: decoder input = prefix + target[:-1]; position j predicts target[j]. ``block_control``:
+        ``control_ids`` (every special token but <|endoftext|>, the timestamp ids, ``suppress_tokens``) are masked out
+        of the distribution first."""
         langs = batch.get("languages") or ["en"] * len(targets)
         prefixes = [self._prefix(l) for l in langs]
         tgt, mask = pad_targets(targets, self.eot)
@@ -107,4 +116,6 @@ class WhisperTeacher:
         dev = enc.device
         out = self.model.model.decoder(input_ids=dec.to(dev), attention_mask=att.to(dev), encoder_hidden_states=enc)
         hidden = predicting_states(out.last_hidden_state, [len(p) for p in prefixes], T)
-        return score_hidden(hidden, self.model.proj_out, tgt.to(dev), mask.to(dev), top_k)
+        head = self.model.proj_out
+        blocked = vocab_mask(self.control_ids, head.out_features, dev) if block_control else None
+        return score_hidden(hidden, head, tgt.to(dev), mask.to(dev), top_k, blocked=blocked, tau=tau)
