@@ -24,9 +24,10 @@ def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dic
     dm.setup("fit")
     info: dict[str, Any] = {}
     if cfg.stage == "td":
-        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(
-            dm.train_cuts, TeacherCache(cfg.teacher_cache), cfg.td_max_wer
-        )
+        cache = TeacherCache(cfg.teacher_cache)
+        cache.check_for(None, cfg.data.train)  # the manifests it was built on (no teacher is loaded for TD)
+        dm.train_cuts, info["not_in_cache"] = cache.coverage(dm.train_cuts, cfg.data.bad_sample_policy)
+        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(dm.train_cuts, cache, cfg.td_max_wer)
     token_map = None
     if cfg.stage == "opd":
         teacher = teacher or build_teacher(cfg.teacher)

@@ -36,9 +36,12 @@ class CurriculumConfig:
     lambda_min: float = 0.0
     """Final / floor teacher weight."""
     gamma: float = 0.5
-    """Decay factor per epoch (exponential) or per milestone (step)."""
+    """Decay factor: per 1 / exp_decays of phase A (exponential), per milestone (step)."""
+    exp_decays: float = 5.0
+    """Exponential schedule: how many factors of gamma phase A spans (its shape; it ends at lambda_min)."""
     milestones: list[float] = field(default_factory=lambda: [0.5])
-    """Fractions of phase A at which the step schedule multiplies lambda by gamma."""
+    """Fractions of phase A (in (0, 1], increasing) at which the step schedule multiplies lambda by gamma; it
+    reaches lambda_min at the last one."""
     adaptive: Literal["none", "gating", "confidence"] = "none"
     """Per-token teacher weighting on top of lambda."""
     ce_weight: Optional[float] = None
@@ -51,6 +54,15 @@ class CurriculumConfig:
             raise ValueError("need 0 <= lambda_min <= lambda_0 <= 1")
         if self.tau <= 0:
             raise ValueError("tau must be > 0")
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"curriculum.gamma must be in (0, 1), got {self.gamma}")
+        if self.exp_decays <= 0:
+            raise ValueError(f"curriculum.exp_decays must be > 0, got {self.exp_decays}")
+        m = list(self.milestones)
+        if not m or any(not 0 < x <= 1 for x in m) or m != sorted(set(m)):
+            raise ValueError(f"curriculum.milestones must be increasing fractions in (0, 1], got {m}")
+        if self.ce_weight is not None and self.ce_weight < 0:
+            raise ValueError(f"curriculum.ce_weight must be >= 0, got {self.ce_weight}")
 
 
 @dataclass
@@ -77,6 +89,12 @@ class SelfKDConfig:
     def __post_init__(self) -> None:
         if not 0 < self.boundary <= 1:
             raise ValueError("boundary must be in (0, 1]")
+        if not 0 <= self.beta_0 <= 1 or not 0 <= self.beta_max <= 1:
+            raise ValueError(f"self_kd.beta_0 and beta_max must be in [0, 1], got {self.beta_0}, {self.beta_max}")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"self_kd.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.tau <= 0:
+            raise ValueError("self_kd.tau must be > 0")
 
 
 @dataclass

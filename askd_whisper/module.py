@@ -60,7 +60,7 @@ class AskdModule(L.LightningModule):
         (1 - beta) CE + beta self-KD; lambda is 0 without a teacher."""
         c, sk = self.cfg.curriculum, self.cfg.self_kd
         if step < self.boundary_step:
-            lam = teacher_weight(c, step / max(1, self.boundary_step), self.current_epoch)
+            lam = teacher_weight(c, step / max(1, self.boundary_step))
             lam = lam if self.cfg.teacher_source != "none" else 0.0
             return LossWeights("A", lam, 0.0, (1.0 - lam) if c.ce_weight is None else c.ce_weight)
         rb = (step - self.boundary_step) / max(1, self.cfg.trainer.max_steps - self.boundary_step)
@@ -68,12 +68,31 @@ class AskdModule(L.LightningModule):
         return LossWeights("B", 0.0, beta, 1.0 - beta)
 
     # -- forward pieces -------------------------------------------------------------------------
+    @property
+    def shared_encoder(self) -> bool:
+        """The student's encoder is the teacher's, frozen: one encoder pass feeds student, teacher and self-teacher."""
+        return self.cfg.student.freeze_encoder and self.teacher is not None
+
     def _encode(self, feats: torch.Tensor) -> torch.Tensor:
-        shared = self.cfg.student.freeze_encoder and self.teacher is not None
-        if shared:  # the frozen student encoder IS the teacher's: one pass feeds both
+        if self.shared_encoder:
             with torch.no_grad():
-                return self.teacher.encode({"input_features": feats}).to(feats.dtype)
+                return self.teacher.encode({"input_features": feats}).to(feats.device, feats.dtype)
         return self.student.model.encoder(feats).last_hidden_state
+
+    @torch.no_grad()
+    def _teacher_encoder_states(self, feats: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+        """The teacher's own (frozen) encoder states: the student's when they share the frozen encoder, else a pass of
+        the teacher's encoder (never the student's live, training encoder)."""
+        if self.shared_encoder:
+            return enc.to(self.teacher.device)
+        return self.teacher.encode({"input_features": feats})
+
+    @torch.no_grad()
+    def _self_teacher_encoder_states(self, feats: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+        """The self-teacher's own encoder states (its frozen snapshot of the encoder when the encoder trains)."""
+        if self.cfg.student.freeze_encoder:
+            return enc.detach()
+        return self.self_teacher.model.encoder(feats).last_hidden_state
 
     @staticmethod
     def _decoder_logits(model, enc, batch) -> torch.Tensor:
@@ -84,18 +103,30 @@ class AskdModule(L.LightningModule):
         )
         return model.proj_out(out.last_hidden_state)
 
-    def _cached_topk(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher top-k from the cache, laid out at the label positions (cache rows = reference + stop)."""
+    def _cached_topk(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher top-k ids (B, T, k; -1 elsewhere), log-probs (B, T, k; -inf elsewhere) and tempered log-partition
+        (B, T) from the cache, laid out at the label positions (cache rows = reference + stop). The cached target ids
+        must be exactly the labels: a cache that scored another transcript is refused, naming the utterance."""
+        from common.teachers.cache import CacheMismatchError
+
         B, T = labels.shape
         k = self.cache.stamp["top_k"]
-        ids = torch.full((B, T, k), -1, dtype=torch.long, device=labels.device)
-        lps = torch.zeros((B, T, k), device=labels.device)
+        dev = labels.device
+        ids = torch.full((B, T, k), -1, dtype=torch.long, device=dev)
+        lps = torch.full((B, T, k), float("-inf"), device=dev)
+        log_z = torch.zeros((B, T), device=dev)
         for i, uid in enumerate(batch["ids"]):
             u = self.cache[uid]
             pos = (labels[i] != -100).nonzero().squeeze(-1)
-            n = min(len(pos), u.topk_ids.shape[0])
-            ids[i, pos[:n]], lps[i, pos[:n]] = u.topk_ids[:n].to(labels.device), u.topk_logprobs[:n].to(labels.device)
-        return ids, lps
+            if len(pos) != len(u.target_ids) or not torch.equal(labels[i, pos].cpu(), u.target_ids):
+                raise CacheMismatchError(
+                    f"teacher cache {self.cache.path}: utterance {uid}: its cached target ids differ from the "
+                    f"training labels ({len(u.target_ids)} vs {len(pos)} tokens); the cache scored another transcript"
+                    " or tokenisation: rebuild it for these references"
+                )
+            ids[i, pos], lps[i, pos] = u.topk_ids.to(dev), u.topk_logprobs.to(dev)
+            log_z[i, pos] = u.log_z_tau.to(dev)
+        return ids, lps, log_z
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
@@ -112,24 +143,29 @@ class AskdModule(L.LightningModule):
             kd = torch.zeros((), device=ce.device)
             if lam > 0 and self.cfg.teacher_source == "online":
                 with torch.no_grad():
-                    t_logits = self._decoder_logits(self.teacher.model, enc.to(self.teacher.device), batch).to(
-                        s_logits.dtype
+                    t_enc = self._teacher_encoder_states(batch["input_features"], enc)
+                    t_batch = {
+                        k: batch[k].to(self.teacher.device) for k in ("decoder_input_ids", "decoder_attention_mask")
+                    }
+                    t_logits = self._decoder_logits(self.teacher.model, t_enc, t_batch).to(
+                        s_logits.device, s_logits.dtype
                     )
                 top1_prob, top1 = torch.softmax(t_logits.float(), -1).max(-1)
                 w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
                 kd = kd_kl(s_logits, t_logits, mask, self.cfg.curriculum.tau, weights=w)
             elif lam > 0 and self.cfg.teacher_source == "cache":
-                ids, lps = self._cached_topk(batch, labels)
+                ids, lps, log_z = self._cached_topk(batch, labels)
                 top1, top1_prob = ids[..., 0], lps[..., 0].exp()
                 w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
-                kd = sparse_kd_kl(s_logits, ids, lps, mask, self.cfg.curriculum.tau, weights=w)
+                kd = sparse_kd_kl(s_logits, ids, lps, mask, self.cfg.curriculum.tau, weights=w, teacher_log_z=log_z)
             if lam > 0 and self.cfg.teacher_source != "none":
                 logs["teacher_label_agreement"] = ((top1 == labels) & mask).sum() / mask.sum().clamp(min=1)
             loss = ce_w * ce + kd
             logs["kd"] = kd
         else:
             with torch.no_grad():
-                self_logits = self._decoder_logits(self.self_teacher, enc, batch)
+                st_enc = self._self_teacher_encoder_states(batch["input_features"], enc)
+                self_logits = self._decoder_logits(self.self_teacher, st_enc, batch)
             skd = kd_kl(s_logits, self_logits, mask, self.cfg.self_kd.tau)
             loss = ce_w * ce + beta * skd
             logs["self_kd"] = skd

@@ -23,16 +23,32 @@ def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[As
     if cfg.teacher.kind != "whisper":
         raise ValueError(f"teacher.kind: ASKD-Whisper distils a Whisper teacher, got {cfg.teacher.kind!r}")
     teacher = teacher or build_teacher(cfg.teacher)
+    student = None
+    if next(teacher.model.parameters()).dtype != torch.float32:  # copy fp32 weights, not the teacher's rounded ones
+        from askd_whisper.student import build_student
+        from common.whisper import load_whisper
+
+        src, _ = load_whisper(cfg.teacher.name_or_path, dtype=torch.float32)
+        student = build_student(src, cfg.student.n_decoder_layers, cfg.student.freeze_encoder)
+        del src
     dm = AudioDataModule(
         cfg.data, WhisperCollator(teacher.processor), WhisperCollator(teacher.processor, with_labels=False)
     )
     dm.setup("fit")
     info: dict[str, Any] = {}
     cache = TeacherCache(cfg.teacher_cache) if cfg.teacher_cache else None
+    if cache is not None:  # before any step: the cache must be this teacher's, on these manifests, at this tau
+        kd_tau = cfg.curriculum.tau if cfg.teacher_source == "cache" else None
+        cache.check_for(teacher, cfg.data.train, tau=kd_tau)
+        dm.train_cuts, info["not_in_cache"] = cache.coverage(dm.train_cuts, cfg.data.bad_sample_policy)
     if cfg.labels == "pseudo":
         dm.train_cuts, info["pseudo_labels"] = relabel_with_teacher(dm.train_cuts, cache, cfg.pseudo_label_max_wer)
     module = AskdModule(
-        cfg, teacher, cache=cache if cfg.teacher_source == "cache" else None, dev_names=tuple(dm.dev_names)
+        cfg,
+        teacher,
+        student=student,
+        cache=cache if cfg.teacher_source == "cache" else None,
+        dev_names=tuple(dm.dev_names),
     )
     return module, dm, info
 

@@ -4,8 +4,12 @@ Phase A teacher weight lambda(r), r = step / steps_A in [0, 1] (ASKD-Whisper, ar
     constant:    lambda = l_0
     linear:      lambda = l_min + (l_0 - l_min)(1 - r)
     cosine:      lambda = l_min + 0.5 (l_0 - l_min)(1 + cos(pi r))
-    exponential: lambda = max(l_min, l_0 * gamma^epoch)
-    step:        lambda = max(l_min, l_0 * gamma^(number of milestones <= r))
+    exponential: lambda = l_min + (l_0 - l_min) (gamma^(n r) - gamma^n) / (1 - gamma^n),   n = exp_decays
+    step:        lambda = l_min + (l_0 - l_min) (gamma^c(r) - gamma^M) / (1 - gamma^M),
+                 c(r) = number of milestones <= r, M = number of milestones
+Every schedule is a function of r alone (phase A's length included), starts at l_0 and ends at l_min: exponential
+decays by gamma per 1/n of phase A (the paper's gamma^epoch with n = phase-A epochs, renormalised to end at l_min),
+step multiplies by gamma at each milestone and reaches l_min at the last.
 Phase B self-KD weight beta(r_B), r_B = progress through phase B: constant beta_0, or linear beta_0 -> beta_max.
 """
 
@@ -20,9 +24,8 @@ if TYPE_CHECKING:
     from askd_whisper.config import CurriculumConfig, SelfKDConfig
 
 
-def teacher_weight(c: CurriculumConfig, r: float, epoch: int = 0) -> float:
-    """lambda at phase-A progress ``r`` (and ``epoch``, for the exponential schedule); the knobs and their defaults
-    are the curriculum config's (one source)."""
+def teacher_weight(c: CurriculumConfig, r: float) -> float:
+    """lambda at phase-A progress ``r``; the knobs and their defaults are the curriculum config's (one source)."""
     kind, l0, lmin, gamma = c.schedule, c.lambda_0, c.lambda_min, c.gamma
     r = min(1.0, max(0.0, r))
     if kind == "constant":
@@ -32,9 +35,11 @@ def teacher_weight(c: CurriculumConfig, r: float, epoch: int = 0) -> float:
     if kind == "cosine":
         return lmin + 0.5 * (l0 - lmin) * (1 + math.cos(math.pi * r))
     if kind == "exponential":
-        return max(lmin, l0 * gamma**epoch)
+        end = gamma**c.exp_decays
+        return lmin + (l0 - lmin) * (gamma ** (c.exp_decays * r) - end) / (1 - end)
     if kind == "step":
-        return max(lmin, l0 * gamma ** sum(1 for m in c.milestones if r >= m))
+        end = gamma ** len(c.milestones)
+        return lmin + (l0 - lmin) * (gamma ** sum(1 for m in c.milestones if r >= m) - end) / (1 - end)
     raise ValueError(f"unknown schedule {kind!r}")
 
 

@@ -47,6 +47,10 @@ def build_student(teacher, n_decoder_layers: int = 2, freeze_encoder: bool = Tru
         raise RuntimeError(f"student init mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
     student.tie_weights()
     student.generation_config = copy.deepcopy(teacher.generation_config)
+    heads = getattr(student.generation_config, "alignment_heads", None)
+    if heads:  # the teacher's cross-attention heads for word timestamps, renumbered to the layers the student kept
+        kept = [[keep.index(layer), head] for layer, head in heads if layer in keep]
+        student.generation_config.alignment_heads = kept or None
     student.config.student_of = {"decoder_layers_kept": keep}
     if freeze_encoder:
         student.model.encoder.requires_grad_(False)

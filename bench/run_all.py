@@ -19,6 +19,7 @@ BENCHES = [
     ("teacher_scoring.py", []),
     ("opd_loss_memory.py", []),
     ("opd_step.py", []),
+    ("kd_step.py", []),
     ("latency.py", []),
 ]
 

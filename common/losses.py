@@ -16,6 +16,9 @@ Direction = Literal["forward", "reverse", "jsd"]
 Support = Literal["union", "teacher", "student"]
 
 
+_NEG = -1e4  # a log-value whose exp is 0 in float32 and whose differences stay finite
+
+
 def _token_mean(per_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum(per_pos * mask) / max(1, sum(mask)); 0 (not NaN) when the mask is empty."""
     m = mask.to(per_pos.dtype)
@@ -62,26 +65,48 @@ def sparse_kd_kl(
     teacher_topk_logprobs: torch.Tensor,
     mask: torch.Tensor,
     tau: float = 2.0,
+    *,
     weights: Optional[torch.Tensor] = None,
+    teacher_log_z: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Distillation from cached teacher top-k (e.g. :mod:`common.teachers.cache`).
+    """Distillation from a cached teacher top-k (e.g. :mod:`common.teachers.cache`).
 
-    student_logits (B, T, V); teacher_topk_ids / _logprobs (B, T, k) with ids < 0 for absent entries.
-    The teacher distribution is its tempered top-k renormalised, qT = softmax_k(lpT / tau); the student keeps
-    its full tempered distribution pS = softmax_V(zS / tau):
-    L = (1/|T|) sum_t w_t * tau^2 * sum_{v in topk} qT(v) (log qT(v) - log pS(v)).
-    With k = V this equals :func:`kd_kl`.
+    student_logits (B, T, V); teacher_topk_ids / _logprobs (B, T, k): the teacher's top-k ids and log-probs (at
+    temperature 1), ids < 0 (or non-finite log-probs) for absent entries; optional ``weights`` (B, T).
+
+    With ``teacher_log_z`` (B, T) = log sum_V exp(lpT(v) / tau), the teacher's tempered log-partition stored by the
+    cache for this tau, the teacher's tempered distribution is exact on its top-k K and the rest of the vocabulary is
+    one bucket R; the student's tempered distribution pS = softmax_V(zS / tau) is coarsened the same way:
+        qT(v) = exp(lpT(v) / tau - log Z),  qT(R) = 1 - sum_K qT,   pS(R) = 1 - sum_K pS
+        L = (1/|T|) sum_t w_t tau^2 [ sum_{v in K} qT(v) (log qT(v) - log pS(v)) + qT(R) (log qT(R) - log pS(R)) ]
+    the KL between the two distributions on k + 1 outcomes: a lower bound of the full tempered KL (:func:`kd_kl`),
+    equal to it when K holds the whole vocabulary.
+
+    Without it (older caches): the teacher's tempered top-k renormalised, qT = softmax_K(lpT / tau), against the
+    student's full pS: L = (1/|T|) sum_t w_t tau^2 sum_{v in K} qT(v) (log qT(v) - log pS(v)); with k = V this also
+    equals :func:`kd_kl`.
+
+    Positions without a valid entry (padding, the forced prefix) contribute nothing, to the loss or the gradient.
     """
-    valid = teacher_topk_ids >= 0
-    lq = torch.where(
-        valid, teacher_topk_logprobs.float() / tau, torch.full_like(teacher_topk_logprobs.float(), float("-inf"))
-    )
-    lq = lq - torch.logsumexp(lq, dim=-1, keepdim=True)
-    ls = F.log_softmax(student_logits.float() / tau, dim=-1).gather(-1, teacher_topk_ids.clamp(min=0))
-    kl = torch.where(valid, lq.exp() * (lq - ls), torch.zeros_like(lq)).sum(-1) * tau**2
+    valid = (teacher_topk_ids >= 0) & torch.isfinite(teacher_topk_logprobs)  # (B, T, k)
+    has = mask & valid.any(-1)
+    ls = F.log_softmax(student_logits.float() / tau, dim=-1).gather(-1, teacher_topk_ids.clamp(min=0))  # (B, T, k)
+    # invalid entries get a finite stand-in before any exp/log, so no inf - inf or 0 * nan reaches the gradient
+    lp = torch.where(valid, teacher_topk_logprobs.float() / tau, torch.full_like(ls, _NEG))
+    if teacher_log_z is None:
+        lq = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        kl = (valid * lq.exp() * (lq - ls)).sum(-1)
+    else:
+        log_z = torch.where(has, teacher_log_z.float(), torch.zeros_like(teacher_log_z.float()))
+        lq = torch.where(valid, lp - log_z[..., None], torch.full_like(lp, _NEG))
+        q = valid * lq.exp()
+        q_rest = (1.0 - q.sum(-1)).clamp(min=0.0)
+        p_rest = (1.0 - (valid * ls.exp()).sum(-1)).clamp(min=1e-12)
+        kl = (q * (lq - ls)).sum(-1) + torch.xlogy(q_rest, q_rest) - q_rest * p_rest.log()
+    kl = kl * tau**2
     if weights is not None:
         kl = kl * weights
-    return _token_mean(kl, mask & valid.any(-1))
+    return _token_mean(torch.where(has, kl, torch.zeros_like(kl)), has)
 
 
 def union_topk_kl(

@@ -133,3 +133,62 @@ def test_logits_at_matches_gather_and_gradients():
     rh, rw = torch.autograd.grad((ref * g).sum(), (h, w))
     torch.testing.assert_close(gh, rh)
     torch.testing.assert_close(gw, rw)
+
+
+def test_sparse_kd_padded_rows_give_finite_gradients_and_weights():
+    """Positions without cached entries (padding, the forced prefix: ids -1, log-probs -inf) contribute nothing: the
+    loss equals the loss over the valid rows alone, and every gradient and updated weight stays finite."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 11)
+    h = torch.randn(2, 5, 6)
+    zt = torch.randn(2, 5, 11)
+    v, i = torch.log_softmax(zt, -1).topk(4, -1)
+    i[0, 3:], v[0, 3:] = -1, float("-inf")  # padding
+    i[1, :2], v[1, :2] = -1, float("-inf")  # forced prefix
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    log_z = torch.logsumexp(torch.log_softmax(zt, -1) / 2.0, -1)
+    for lz in (None, log_z):
+        opt = torch.optim.SGD(head.parameters(), lr=0.1)
+        loss = sparse_kd_kl(head(h), i, v, mask, tau=2.0, teacher_log_z=lz)
+        keep = i[..., 0] >= 0
+        ref = sparse_kd_kl(
+            head(h)[keep][None],
+            i[keep][None],
+            v[keep][None],
+            mask[keep][None],
+            tau=2.0,
+            teacher_log_z=None if lz is None else lz[keep][None],
+        )
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in head.parameters())
+        opt.step()
+        assert all(torch.isfinite(p).all() for p in head.parameters())
+    empty = sparse_kd_kl(
+        head(h), torch.full_like(i, -1), torch.full_like(v, float("-inf")), mask, tau=2.0, teacher_log_z=log_z
+    )
+    empty.backward()
+    assert empty.item() == 0.0 and all(torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_sparse_kd_rest_bucket_is_the_coarsened_kl():
+    """With the teacher's tempered log-partition: KL between teacher and student coarsened to {top-k, rest} (a hand
+    computation from the full distributions); equal to the full tempered KL when k = V; a lower bound otherwise."""
+    tau = 2.0
+    zs, zt = _rand(2, 3, 9, seed=1), _rand(2, 3, 9, seed=2)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    lp = F.log_softmax(zt, -1)
+    log_z = torch.logsumexp(lp / tau, -1)
+    v, i = lp.topk(9, -1)
+    assert sparse_kd_kl(zs, i, v, mask, tau, teacher_log_z=log_z).item() == pytest.approx(
+        kd_kl(zs, zt, mask, tau).item(), rel=1e-5
+    )
+    v, i = lp.topk(3, -1)
+    qt, ps = F.softmax(zt / tau, -1), F.softmax(zs / tau, -1)
+    qk, pk = qt.gather(-1, i), ps.gather(-1, i)
+    qr, pr = 1 - qk.sum(-1), 1 - pk.sum(-1)
+    expect = ((qk * (qk.log() - pk.log())).sum(-1) + qr * (qr.log() - pr.log())).mean() * tau**2
+    got = sparse_kd_kl(zs, i, v, mask, tau, teacher_log_z=log_z)
+    assert got.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert got.item() <= kd_kl(zs, zt, mask, tau).item() + 1e-6

@@ -67,8 +67,8 @@ class DataConfig:
             raise ValueError(f"batch_seconds must be > 0, got {self.batch_seconds}")
         if not 0 <= self.min_duration < self.max_duration:
             raise ValueError(f"need 0 <= min_duration < max_duration, got {self.min_duration}, {self.max_duration}")
-        if self.num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
+        if self.num_buckets < 2:
+            raise ValueError(f"num_buckets must be >= 2 (Lhotse's bucketing sampler), got {self.num_buckets}")
 
 
 def cut_audio(cut) -> np.ndarray:

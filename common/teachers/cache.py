@@ -6,7 +6,8 @@ Off-policy teacher outputs do not change between epochs or sweep runs, so they a
     index.json              stamp (what the cache was built from) + the list of finished shards
     shard-00000.safetensors per utterance, concatenated over target positions:
                             topk_ids (N, k) int32, topk_logprobs (N, k) float32, target_ids (N,) int32,
-                            target_logprobs (N,) float32, offsets (n_utts + 1,) int64;
+                            target_logprobs (N,) float32, log_z_tau (N,) float32 (the teacher's tempered
+                            log-partition at the cache's tau), offsets (n_utts + 1,) int64;
                             metadata "utts": JSON list of {id, ref, hyp, hyp_ids, language, errors, ref_units}
 
 Shards are written atomically and the index is updated after each, so a killed run restarts where it
@@ -22,7 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -45,14 +46,18 @@ class CacheMismatchError(ValueError):
 class CacheConfig:
     """``asr-distill cache-teacher``: which teacher on which manifest, stored where."""
 
-    manifest: str
-    """Manifest whose references are scored and whose audio is transcribed."""
+    manifest: Union[str, list[str]]
+    """Manifest(s) whose references are scored and whose audio is transcribed (a list: one cache for several
+    training sets, e.g. the Distil-Whisper mix)."""
     out_dir: str
     """Cache directory (resumed when its stamp matches)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """The frozen teacher."""
     top_k: int = 8
     """Teacher top-k ids/log-probs kept per reference position."""
+    tau: float = 2.0
+    """The KD temperature this cache serves: its tempered log-partition is stored per position, so cached KD knows
+    the exact tempered mass of the top-k (and of the rest of the vocabulary). Must equal the fit's KD tau."""
     shard_size: int = 64
     """Utterances per shard (the unit of resumption)."""
     batch_size: int = 8
@@ -67,6 +72,14 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.shard_size < 1 or self.batch_size < 1:
             raise ValueError("top_k, shard_size and batch_size must be >= 1")
+        if self.tau <= 0:
+            raise ValueError("tau must be > 0")
+        if isinstance(self.manifest, list) and not self.manifest:
+            raise ValueError("manifest: at least one manifest")
+
+    @property
+    def manifests(self) -> list[str]:
+        return [self.manifest] if isinstance(self.manifest, str) else list(self.manifest)
 
 
 def _digest(*parts: Any) -> str:
@@ -85,9 +98,14 @@ def teacher_fingerprint(teacher) -> dict[str, str]:
     return {"weights": _digest(sums), "tokenizer": _digest(vocab)}
 
 
+def manifest_digest(manifests: list[str]) -> str:
+    """One hash over the manifests' contents (their paths where they are not files: Shar, hf:), in order."""
+    parts = [Path(m).read_bytes() if Path(m).is_file() else str(m).encode() for m in manifests]
+    return _digest(*parts) if len(parts) > 1 else _digest(parts[0])
+
+
 def make_stamp(cfg: CacheConfig, teacher) -> dict[str, Any]:
-    manifest = Path(cfg.manifest)
-    m_hash = _digest(manifest.read_bytes()) if manifest.is_file() else _digest(str(manifest))
+    m_hash = manifest_digest(cfg.manifests)
     fp = teacher_fingerprint(teacher)
     return {
         "teacher": f"{cfg.teacher.kind}:{cfg.teacher.name_or_path}",
@@ -96,10 +114,11 @@ def make_stamp(cfg: CacheConfig, teacher) -> dict[str, Any]:
         "tokenizer": fp["tokenizer"],
         "manifest": m_hash,
         "top_k": cfg.top_k,
+        "tau": cfg.tau,
         "shard_size": cfg.shard_size,
         "generate": cfg.generate,
         "max_new_tokens": cfg.max_new_tokens,
-        "format": 1,
+        "format": 2,
     }
 
 
@@ -120,8 +139,7 @@ def build_cache(
     from tqdm import tqdm
 
     out = Path(cfg.out_dir)
-    cuts, _ = load_manifest(cfg.manifest, cfg.bad_sample_policy)
-    cuts = list(cuts)
+    cuts = [c for m in cfg.manifests for c in load_manifest(m, cfg.bad_sample_policy)[0]]
     teacher = teacher or build_teacher(cfg.teacher)
     stamp = make_stamp(cfg, teacher)
     index: dict[str, Any] = {"stamp": stamp, "shards": [], "complete": False}
@@ -161,6 +179,7 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
         "topk_logprobs": [],
         "target_ids": [],
         "target_logprobs": [],
+        "log_z_tau": [],
     }
     lengths, utts = [], []
     for b in range(0, len(cuts), cfg.batch_size):
@@ -171,7 +190,7 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
         batch = teacher.prepare(audios, langs)
         targets = [teacher.encode_text(r, l) for r, l in zip(refs, langs)]
         shared = {"encoder_out": teacher.encode(batch)} if hasattr(teacher, "encode") else {}  # one encoder pass
-        sc = teacher.score(batch, targets, top_k=cfg.top_k, **shared)
+        sc = teacher.score(batch, targets, top_k=cfg.top_k, tau=cfg.tau, **shared)
         gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens, **shared) if cfg.generate else None
         for i, (c, ref, lang, tgt) in enumerate(zip(chunk, refs, langs, targets)):
             n = len(tgt)
@@ -179,6 +198,7 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
             parts["topk_logprobs"].append(sc.topk_logprobs[i, :n].float().cpu())
             parts["target_ids"].append(torch.tensor(tgt, dtype=torch.int32))
             parts["target_logprobs"].append(sc.target_logprobs[i, :n].float().cpu())
+            parts["log_z_tau"].append(sc.log_z_tau[i, :n].float().cpu())
             lengths.append(n)
             u: dict[str, Any] = {"id": c.id, "ref": ref, "language": lang}
             if gen is not None:
@@ -208,6 +228,12 @@ def _summary(out: Path, index: dict[str, Any]) -> dict[str, Any]:
     return {"n_utts": n, "teacher_error_rate": res.get("error_rate"), "teacher_ref_units": res.get("ref_units")}
 
 
+def is_all_upper_case(text: str) -> bool:
+    """Text with cased letters, none of them lower case ("HELLO WORLD"; Mandarin has no case: never)."""
+    cased = [c for c in text if c.lower() != c.upper()]
+    return bool(cased) and all(c.isupper() for c in cased)
+
+
 @dataclass
 class CachedUtterance:
     id: str
@@ -217,6 +243,7 @@ class CachedUtterance:
     topk_logprobs: torch.Tensor  # (n, k) float32
     target_ids: torch.Tensor  # (n,) long: the reference transcript in the teacher vocabulary (+ stop)
     target_logprobs: torch.Tensor  # (n,) float32
+    log_z_tau: Optional[torch.Tensor] = None  # (n,) float32: log sum_V exp(logp / tau) at the cache's tau
     hyp: Optional[str] = None
     hyp_ids: Optional[list[int]] = None
     errors: Optional[int] = None
@@ -256,6 +283,7 @@ class TeacherCache:
                     topk_logprobs=t["topk_logprobs"][a:b],
                     target_ids=t["target_ids"][a:b].long(),
                     target_logprobs=t["target_logprobs"][a:b],
+                    log_z_tau=t["log_z_tau"][a:b] if "log_z_tau" in t else None,
                     hyp=u.get("hyp"),
                     hyp_ids=u.get("hyp_ids"),
                     errors=u.get("errors"),
@@ -278,15 +306,48 @@ class TeacherCache:
     def stamp(self) -> dict[str, Any]:
         return self.index["stamp"]
 
+    def check_for(self, teacher: Any, manifests: list[str], tau: Optional[float] = None) -> None:
+        """Refuse, in one line naming what differs, a cache built from another teacher (weights or tokenizer; skipped
+        when ``teacher`` is None), other manifests, or (``tau``: tempered KD reads it) another temperature or format."""
+        st = self.stamp
+        found: dict[str, Any] = {"manifest": st.get("manifest")}
+        wanted: dict[str, Any] = {"manifest": manifest_digest(list(manifests))}
+        if teacher is not None:
+            fp = teacher_fingerprint(teacher)
+            found.update(teacher_weights=st.get("teacher_weights"), tokenizer=st.get("tokenizer"))
+            wanted.update(teacher_weights=fp["weights"], tokenizer=fp["tokenizer"])
+        if tau is not None:
+            found.update(tau=st.get("tau"), format=st.get("format"))
+            wanted.update(tau=tau, format=2)
+        check_stamp(found, wanted, self.path)
+
+    def coverage(self, cuts, policy: str = "error"):
+        """The cuts the cache holds. Missing utterances are refused by name (policy ``error``) or dropped and counted
+        (``skip``). Returns ``(cuts, n_missing)``."""
+        missing = [c.id for c in cuts if c.id not in self._items]
+        if missing and policy == "error":
+            raise CacheMismatchError(
+                f"teacher cache {self.path} has no entry for {len(missing)} training utterance(s), e.g. "
+                f"{', '.join(missing[:3])}; rebuild it for these manifests or set data.bad_sample_policy=skip"
+            )
+        if not missing:
+            return cuts, 0
+        keep = set(self._items)
+        return cuts.filter(lambda c: c.id in keep).to_eager(), len(missing)
+
     def pseudo_labels(self, max_error_rate: Optional[float] = None) -> dict[str, str]:
-        """Teacher transcripts by utterance id, optionally only where the teacher's normalised error rate
-        against the reference is at most ``max_error_rate`` (Distil-Whisper's filter)."""
+        """Teacher transcripts by utterance id. With ``max_error_rate``, Distil-Whisper's filter as published: keep a
+        transcript only where the teacher's normalised error rate against the reference is *below* it, and drop
+        transcripts written all in upper case (a teacher echoing a shouting or upper-case-only training style)."""
         out = {}
         for uid, u in self._items.items():
             if u.hyp is None:
                 raise ValueError(f"teacher cache {self.path} holds no transcripts (built with generate=false)")
-            if max_error_rate is None or (u.teacher_error_rate is not None and u.teacher_error_rate <= max_error_rate):
-                out[uid] = u.hyp
+            if max_error_rate is not None:
+                rate = u.teacher_error_rate
+                if rate is None or rate >= max_error_rate or is_all_upper_case(u.hyp):
+                    continue
+            out[uid] = u.hyp
         return out
 
 
