@@ -129,7 +129,10 @@ def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = TARGET_SR)
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    from common.io import default_file_mode
+
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".flac")
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
         sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")

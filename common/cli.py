@@ -181,14 +181,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from common import registry
+    from common.io import check_run_dir
     from common.runs import run_method
 
     ckpt = Path(args.ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} not found")
     method = registry.get(run_method(ckpt.parent.parent))
     if method.export is None:
         raise ValueError(
-            f"{ckpt}: method {method.name} has no export (its saved student directory is already loadable)"
+            f"{ckpt}: {method.name} students need no export: RUN_DIR/student is the model directory "
+            "(asr-distill evaluate --model RUN_DIR/student; ArkStudent.from_pretrained); export writes Whisper students"
         )
+    check_run_dir(Path(args.out), overwrite=args.overwrite)
     out = method.export(ckpt, Path(args.out))
     print(f"exported a Hugging Face model to {out}")
     return 0
@@ -293,9 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fi.set_defaults(func=cmd_fit)
 
-    ex = sub.add_parser("export", help="write a Hugging Face directory (weights, config, processor) from a checkpoint")
+    ex = sub.add_parser(
+        "export",
+        help="write a Hugging Face directory (weights, config, processor) from an ASKD-Whisper checkpoint",
+        description="Writes a transformers Whisper directory. transformers.pipeline('automatic-speech-recognition', "
+        "model=DIR) then transcribes numpy arrays (16 kHz); file paths need ffmpeg; clips over 30 s need "
+        "return_timestamps=True (long-form decoding). Ark-ASR students need no export: RUN_DIR/student loads as is.",
+    )
     ex.add_argument("--ckpt", required=True, help="a student checkpoint (RUN_DIR/checkpoints/last.ckpt)")
-    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--out", required=True, help="output directory (refused if it exists, unless --overwrite)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     ex.set_defaults(func=cmd_export)
 
     de = sub.add_parser("demo", help="the main job on the embedded default corpus; prints the results table(s)")
@@ -317,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.io import RunDirExistsError
     from common.runs import RunError
     from common.teachers.cache import CacheMismatchError
+    from common.training.preemption import CheckpointError
 
     try:
         if args.command in AUDIO_COMMANDS:  # fail at start-up, in one line, on a torch/torchaudio pair that cannot load
@@ -334,11 +347,21 @@ def main(argv: list[str] | None = None) -> int:
         CacheMismatchError,
         RunError,
         DependencyError,
+        CheckpointError,
     ) as err:
         if os.environ.get("ASR_DISTILL_DEBUG"):
             raise
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (fit checkpoints on Ctrl-C itself): one line, no traceback
+        if os.environ.get("ASR_DISTILL_DEBUG"):
+            raise
+        print(
+            f"asr-distill {args.command}: interrupted; an unfinished run directory has no summary.json "
+            "(rerun with --overwrite, or --resume for fit)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

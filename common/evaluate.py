@@ -24,7 +24,7 @@ from tqdm import tqdm
 from common.config import save_yaml
 from common.data.datamodule import eval_loader
 from common.data.manifests import load_manifest, set_name
-from common.io import SUMMARY, atomic_write_json, atomic_write_text, git_revision, prepare_run_dir
+from common.io import SUMMARY, atomic_write_json, atomic_write_text, check_run_dir, git_revision, prepare_run_dir
 from common.metrics import ErrorRate, score_utterance
 from common.text import normalize
 
@@ -143,9 +143,35 @@ def model_kind(model: str) -> str:
     return "qwen3_asr" if "qwen3-asr" in model.lower() else "whisper"
 
 
+def check_model_reference(model: str) -> None:
+    """A model reference that cannot load fails here, in one line: a local directory that is missing or holds no model
+    (no ``config.json`` / ``ark_config.json``). ``bundled:NAME`` and hub ids (``org/name``, needing a network) pass."""
+    if model.startswith("bundled:"):
+        return
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not any((p / f).is_file() for f in ("config.json", "ark_config.json")):
+            raise ValueError(f"model directory {model} holds no saved model (no config.json or ark_config.json)")
+        return
+    if p.exists():
+        raise ValueError(f"model {model} is a file; give a model directory, a hub id or bundled:tiny.en")
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local:
+        raise ValueError(f"model directory {model} not found (nor is it a hub id org/name or bundled:tiny.en)")
+
+
 def load_transcriber(model: str, device: str = "cpu", dtype: str = "float32", kind: str = "auto") -> Transcriber:
     """A transcriber for a model directory saved by a registered method (e.g. an Ark-ASR student), or any Whisper
     (bundled, local directory or hub id) or Qwen3-ASR checkpoint."""
+    check_model_reference(model)
+    try:
+        return _load_transcriber(model, device, dtype, kind)
+    except OSError as err:  # Hugging Face: no network / no such repo / missing weight files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load model {model}: {first}") from None
+
+
+def _load_transcriber(model: str, device: str, dtype: str, kind: str) -> Transcriber:
     if kind == "auto" and Path(model).is_dir():
         from common import registry
 
@@ -257,10 +283,11 @@ def run_evaluation(
         if name in sets:
             raise ValueError(f"two test manifests give the set name {name!r}")
         sets[name] = load_manifest(spec, cfg.bad_sample_policy)
-    out = prepare_run_dir(Path(cfg.out_dir), overwrite=overwrite)
-    save_yaml(cfg, out / "config.yaml")
+    check_run_dir(Path(cfg.out_dir), overwrite=overwrite)  # refuse before the (slow) model load
     t0 = time.time()
     transcriber = transcriber or load_transcriber(cfg.model, cfg.device, cfg.dtype, cfg.kind)
+    out = prepare_run_dir(Path(cfg.out_dir), overwrite=overwrite)  # only once the model loaded: no stray run dir
+    save_yaml(cfg, out / "config.yaml")
     summary: dict[str, Any] = {"model": cfg.model, "sets": {}}
     for name, (cuts, report) in sets.items():
         row = evaluate_set(transcriber, cuts, cfg, name, out)

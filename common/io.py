@@ -18,11 +18,20 @@ from typing import Any
 SUMMARY = "summary.json"
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` gives a new file (``mkstemp`` would give 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and ``os.replace``; the file gets
+    the mode any new file would (the umask is respected, so collaborators can read results)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, default_file_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -65,13 +74,19 @@ class RunDirExistsError(FileExistsError):
     pass
 
 
+def check_run_dir(path: Path, overwrite: bool = False) -> None:
+    """Refuse an existing non-empty run directory unless ``overwrite`` (without touching anything)."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        state = "a complete run" if (path / SUMMARY).exists() else "an incomplete run"
+        raise RunDirExistsError(f"run directory {path} already holds {state}; pass --overwrite to replace it")
+
+
 def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
     """Create ``path`` as a fresh run directory; refuse an existing non-empty one unless ``overwrite``."""
     path = Path(path)
+    check_run_dir(path, overwrite)
     if path.exists() and any(path.iterdir()):
-        state = "a complete run" if (path / SUMMARY).exists() else "an incomplete run"
-        if not overwrite:
-            raise RunDirExistsError(f"run directory {path} already holds {state}; pass --overwrite to replace it")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

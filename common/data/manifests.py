@@ -86,6 +86,19 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+def _utterance_id(manifest: Path, audio: Path) -> str:
+    """``<manifest folder>/<audio path without suffix>``, the audio path taken relative to the manifest's folder (an
+    absolute path inside it included); an absolute path elsewhere contributes its last two components, so ids stay
+    clean (no ``//``) and do not depend on where the data is mounted. Duplicates are refused by the loader."""
+    rel = audio
+    if audio.is_absolute():
+        try:
+            rel = audio.relative_to(manifest.parent.resolve())
+        except ValueError:
+            rel = Path(*audio.parts[-2:])
+    return f"{manifest.parent.name}/{rel.with_suffix('').as_posix()}"
+
+
 def normalise_language(lang: Any, text: str) -> str | None:
     if lang is None or lang == "":
         return detect_language(text)
@@ -225,7 +238,7 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
             continue
         audio = Path(row["audio_filepath"])
         audio = audio if audio.is_absolute() else path.parent / audio
-        uid = str(row.get("id") or f"{path.parent.name}/{Path(row['audio_filepath']).with_suffix('').as_posix()}")
+        uid = str(row.get("id") or _utterance_id(path, Path(row["audio_filepath"])))
         if "offset" in row and float(row.get("offset") or 0) > 0:
             uid = f"{uid}@{float(row['offset']):.3f}"
         cut = _make_cut(

@@ -70,6 +70,9 @@ class TrainerConfig:
     """Validation interval in steps (None: at the end of each epoch)."""
     ckpt_every_n_steps: Optional[int] = None
     """Also keep a checkpoint every n steps (last.ckpt is always kept)."""
+    last_ckpt_every_minutes: Optional[float] = 30.0
+    """Rewrite last.ckpt this often during training (None: only at the end, on a signal and every ckpt_every_n_steps),
+    so a crash or Ctrl-C loses at most this much work."""
     log_every_n_steps: int = 10
     """Logging interval."""
     seed: int = 0
@@ -84,3 +87,5 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.accumulate_grad_batches < 1:
             raise ValueError("max_steps and accumulate_grad_batches must be >= 1")
+        if self.last_ckpt_every_minutes is not None and self.last_ckpt_every_minutes <= 0:
+            raise ValueError("trainer.last_ckpt_every_minutes must be > 0 (or null)")

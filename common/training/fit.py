@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from common.training.config import OptimConfig, TrainerConfig
-from common.training.preemption import Preempted, PreemptionCheckpoint, StopAfterSteps
+from common.training.preemption import Preempted, PreemptionCheckpoint, StopAfterSteps, check_checkpoint
 from common.training.strategy import TeacherPlacement
 from common.training.trainer import build_trainer
 
@@ -61,6 +61,8 @@ def run_fit(
     if resume and is_complete(run_dir):
         return json.loads((run_dir / SUMMARY).read_text())
     ckpt = last_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        check_checkpoint(ckpt)  # a truncated last.ckpt: one line, before any model is built
     if (not resume or not run_dir.exists()) and launch_rank() == 0:
         prepare_run_dir(run_dir, overwrite=overwrite)
     L.seed_everything(cfg.trainer.seed, workers=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class Preempted(SystemExit):
@@ -19,9 +20,58 @@ class Preempted(SystemExit):
         self.signum, self.step, self.path = signum, step, path
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the file."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the checkpoint's own folder, fsynced, then renamed over the target:
+    a full disk or a kill mid-write leaves the previous checkpoint intact (Lightning's own writer streams into the
+    final file, so a failed save truncates it), and the failure is one line naming the file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        import tempfile
+
+        import torch
+
+        from common.io import default_file_mode
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, default_file_mode())
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            raise CheckpointError(
+                f"could not write checkpoint {path} ({err.strerror or err}); the previous one is kept"
+            ) from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def check_checkpoint(path: Path) -> Path:
+    """A checkpoint that ``--resume`` can load: a complete torch zip archive (a truncated file has no central
+    directory); otherwise one line naming the file."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt (not a complete torch archive); move it away to restart "
+            f"from step 0, or copy a step checkpoint from {Path(path).parent} over it"
+        )
+    return path
+
+
 class PreemptionCheckpoint(L.Callback):
-    """SIGTERM or SIGUSR1 -> finish the current optimizer step -> ``last.ckpt`` (atomic) -> exit; ``--resume`` then
-    continues to the same final weights as an uninterrupted run.
+    """SIGTERM, SIGUSR1/2 or Ctrl-C (SIGINT) -> finish the current optimizer step -> ``last.ckpt`` (atomic) -> exit;
+    ``--resume`` then continues to the same final weights as an uninterrupted run. A second Ctrl-C stops at once.
 
     SIGTERM goes through Lightning's own handler, which stops every rank after the step (``SIGTERMException``); the
     checkpoint is written here. SIGUSR1 (SLURM's early warning, ``#SBATCH --signal=USR1@120``) is caught here - and,
@@ -29,10 +79,8 @@ class PreemptionCheckpoint(L.Callback):
     the decision is all-reduced), ``run_fit`` writes ``last.ckpt`` and raises :class:`Preempted`. Checkpoints are
     taken after the whole step, module hooks (EMA self-teacher) included, so resuming is exact."""
 
-    SIGNALS = (
-        "SIGUSR1",
-        "SIGUSR2",
-    )  # SIGUSR2: submitit's pre-timeout signal in sweeps (its requeue runs after our save)
+    # SIGUSR2: submitit's pre-timeout signal in sweeps (its requeue runs after our save); SIGINT: Ctrl-C
+    SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGINT")
 
     def __init__(self, ckpt_path: Path) -> None:
         self.path = Path(ckpt_path)
@@ -46,7 +94,11 @@ class PreemptionCheckpoint(L.Callback):
             return
 
         def handler(signum, frame):
+            if signum == signal.SIGINT and self.received == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the step
             self.received = signum  # acted on after the current step; earlier handlers run then (deferred_handler)
+            if signum == signal.SIGINT:
+                print("\nCtrl-C: finishing this step, then writing last.ckpt (Ctrl-C again to stop now)", flush=True)
 
         for name in self.SIGNALS:
             signum = getattr(signal, name)
@@ -57,6 +109,8 @@ class PreemptionCheckpoint(L.Callback):
         """The handler that was installed before ours for the received signal (Lightning's SLURM requeue, submitit's
         checkpoint-and-requeue), to run once last.ckpt is written."""
         prev = self._previous.get(self.received) if self.received else None
+        if self.received == signal.SIGINT:  # Python's own SIGINT handler would only raise KeyboardInterrupt
+            return None
         if callable(prev) and prev not in (signal.SIG_IGN, signal.SIG_DFL):
             return lambda: prev(self.received, None)
         return None

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 from common.training.config import TrainerConfig
-from common.training.preemption import PreemptionCheckpoint
+from common.training.preemption import AtomicCheckpointIO, PreemptionCheckpoint
 from common.training.strategy import enable_activation_checkpointing, make_strategy
 
 
@@ -25,21 +25,37 @@ def build_trainer(
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        save_last=True,
-        save_top_k=-1 if cfg.ckpt_every_n_steps else 0,
-        every_n_train_steps=cfg.ckpt_every_n_steps or cfg.max_steps,
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-    )
+    ckpts = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            save_last=True,
+            save_top_k=-1 if cfg.ckpt_every_n_steps else 0,
+            every_n_train_steps=cfg.ckpt_every_n_steps or cfg.max_steps,
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            enable_version_counter=False,  # a resumed run rewrites last.ckpt, never adds last-v1.ckpt
+        )
+    ]
+    if cfg.last_ckpt_every_minutes:
+        from datetime import timedelta
+
+        ckpts.append(  # last.ckpt by wall time, so an interrupted run loses little whatever max_steps is
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                save_last=True,
+                save_top_k=0,
+                train_time_interval=timedelta(minutes=cfg.last_ckpt_every_minutes),
+                enable_version_counter=False,
+            )
+        )
     kw: dict[str, Any] = {}
     if cfg.val_every_n_steps:
         kw.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
     if limit_val_batches is not None:
         kw["limit_val_batches"] = limit_val_batches
+    kw["plugins"] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # srun-launched: one task per device, requeue on SIGUSR1
-        kw["plugins"] = [SLURMEnvironment(auto_requeue=cfg.slurm_requeue, requeue_signal=signal.SIGUSR1)]
+        kw["plugins"].append(SLURMEnvironment(auto_requeue=cfg.slurm_requeue, requeue_signal=signal.SIGUSR1))
     if cfg.activation_checkpointing and cfg.strategy != "fsdp" and module is not None:
         enable_activation_checkpointing(module)
     preempt = PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -59,7 +75,7 @@ def build_trainer(
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
-        callbacks=[ckpt, preempt] + list(callbacks or []),
+        callbacks=[*ckpts, preempt] + list(callbacks or []),
         num_sanity_val_steps=0,
         **kw,
     )

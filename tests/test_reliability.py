@@ -1,0 +1,210 @@
+"""Nothing lost, nothing silent: each case here failed (lost data, a silent wrong result or a traceback) before."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from common.cli import main
+from common.config import from_dict
+
+TINY_LLM = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=64,
+    head_dim=16,
+    tie_word_embeddings=True,
+    max_position_embeddings=1024,
+)
+
+
+def _sft_cfg(tiny_corpus, run_dir, **trainer):
+    from ark_asr.config import ArkConfig
+
+    return from_dict(
+        ArkConfig,
+        {
+            "run_dir": str(run_dir),
+            "stage": "sft",
+            "model": {
+                "encoder": "bundled:tiny.en",
+                "llm": "config",
+                "llm_config": TINY_LLM,
+                "tokenizer": "whisper",
+                "transcript_prefix": " ",
+            },
+            "data": {
+                "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
+                "batch_seconds": 8.0,
+                "num_buckets": 2,
+            },
+            "optim": {"lr": 1e-3},
+            "trainer": {"max_steps": 6, "log_every_n_steps": 1, "progress_bar": False, "seed": 0, **trainer},
+        },
+    )
+
+
+class _SignalAt(L.Callback):
+    """Send this process a real signal after optimizer step ``step`` (as a terminal's Ctrl-C would)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def test_ctrl_c_during_fit_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path):
+    """SIGINT during step 3 of 6: the step finishes, last.ckpt is written, fit stops with Preempted (CLI exit 130);
+    --resume ends at the same weights as an uninterrupted run, and no last-v1.ckpt appears."""
+    from ark_asr.run import fit
+    from common.training import Preempted
+
+    fit(_sft_cfg(tiny_corpus, tmp_path / "full"))
+    with pytest.raises(Preempted) as info:
+        fit(_sft_cfg(tiny_corpus, tmp_path / "int"), callbacks=[_SignalAt(2, signal.SIGINT)])
+    assert info.value.signum == signal.SIGINT and info.value.code == 130
+    # the signal arrives after step 2's hooks have checked for one: step 3 runs to its end, then last.ckpt
+    assert _weights(tmp_path / "int")["global_step"] == 3
+    assert fit(_sft_cfg(tiny_corpus, tmp_path / "int"), resume=True)["steps"] == 6
+    a, b = _weights(tmp_path / "full")["state_dict"], _weights(tmp_path / "int")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    assert sorted(p.name for p in (tmp_path / "int" / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after training
+
+
+def test_last_checkpoint_is_written_periodically_by_default():
+    from common.training import TrainerConfig, build_trainer
+
+    trainer = build_trainer(TrainerConfig(max_steps=100), Path("/tmp/unused_run"))
+    timed = [c for c in trainer.checkpoint_callbacks if c._train_time_interval is not None]
+    assert timed and timed[0].save_last and timed[0]._train_time_interval.total_seconds() == 30 * 60
+    assert all(not c._enable_version_counter for c in trainer.checkpoint_callbacks)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A full disk mid-save: the previous last.ckpt survives intact, no temporary file is left, one-line error."""
+    from common.training.preemption import AtomicCheckpointIO, CheckpointError
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    good = target.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"PK\x03\x04partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="last.ckpt.*No space left") as err:
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    assert "\n" not in str(err.value)
+    assert target.read_bytes() == good and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_resume_refuses_a_truncated_checkpoint_in_one_line(tiny_corpus, tmp_path, capsys):
+    from ark_asr.run import fit
+
+    fit(_sft_cfg(tiny_corpus, tmp_path / "run", max_steps=2))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (tmp_path / "run" / "summary.json").unlink()
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # what a full disk used to leave
+    cfg_path = tmp_path / "sft.yaml"
+    from common.config import save_yaml
+
+    save_yaml(_sft_cfg(tiny_corpus, tmp_path / "run", max_steps=2), cfg_path)
+    capsys.readouterr()  # the first fit's output
+    assert main(["fit", "-c", str(cfg_path), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.ckpt is truncated or corrupt" in err[0]
+
+
+def test_results_respect_the_umask(tmp_path):
+    """summary.json, config.yaml, hyp.txt ... are written by the atomic writer: mode 0666 minus the umask, not 0600."""
+    from common.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "summary.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_utterance_ids_from_absolute_paths_are_clean(tmp_path, real_speech):
+    from common.data.manifests import load_manifest
+
+    rows = [json.loads(line) for line in (real_speech / "manifest.jsonl").read_text().splitlines()][:2]
+    inside = tmp_path / "set_a"
+    inside.mkdir()
+    local = inside / ("clip" + Path(rows[0]["audio_filepath"]).suffix)
+    shutil.copy(real_speech / rows[0]["audio_filepath"], local)
+    out = [
+        {**rows[0], "audio_filepath": str(local)},  # absolute, inside the manifest's folder
+        {**rows[1], "audio_filepath": str(real_speech / rows[1]["audio_filepath"])},  # absolute, elsewhere
+    ]
+    (inside / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+    ids = [c.id for c in load_manifest(str(inside / "manifest.jsonl"))[0]]
+    assert ids[0] == "set_a/clip"
+    elsewhere = Path(rows[1]["audio_filepath"])
+    assert ids[1] == f"set_a/{elsewhere.parent.name}/{elsewhere.stem}"
+    assert all("//" not in i and str(tmp_path) not in i for i in ids)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_evaluate_a_missing_model_is_one_line_and_leaves_nothing(tmp_path, capsys, english_manifest, kind):
+    model = tmp_path / "model"
+    if kind == "empty":
+        model.mkdir()
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--model", str(model), "--manifest", str(english_manifest), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(model) in err[0]
+    assert not out.exists()  # a plain rerun with the right model works without --overwrite
+
+
+def test_ctrl_c_during_evaluate_is_one_line(monkeypatch, capsys, english_manifest, tmp_path):
+    import common.evaluate
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.evaluate, "run_evaluation", interrupted)
+    rc = main(
+        ["evaluate", "--model", "bundled:tiny.en", "--manifest", str(english_manifest), "--out", str(tmp_path / "e")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130 and len(err) == 1 and "interrupted" in err[0]
+
+
+def test_export_refuses_an_existing_out_and_explains_ark(tmp_path, capsys):
+    for method in ("askd_whisper", "ark_asr"):
+        run = tmp_path / method
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        (run / "config.yaml").write_text(f"method: {method}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert (
+        main(["export", "--ckpt", str(tmp_path / "askd_whisper" / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 2
+    )
+    assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    assert main(["export", "--ckpt", str(tmp_path / "ark_asr" / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 2
+    assert "need no export" in capsys.readouterr().err
