@@ -125,6 +125,11 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise ValueError("nothing to tabulate: give run directories and/or --sweep DIR")
     table = build_table(rows, args.paper, ci=args.bootstrap > 0)
     md = to_markdown(table)
+    if args.compare:
+        from common.table import compare_runs, comparisons_markdown
+
+        comps = [c for a, b in args.compare for c in compare_runs(a, b, n_boot=max(args.bootstrap, 1), seed=args.seed)]
+        md += "\n" + comparisons_markdown(comps)
     print(md)
     if args.out:
         atomic_write_text(Path(args.out), md)
@@ -275,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--paper", choices=["ark_table1", "askd"], help="put the paper's own numbers beside ours")
     tb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
     tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        metavar=("RUN_A", "RUN_B"),
+        help="also the paired difference A - B on each shared test set, with its 95%% paired bootstrap interval "
+        "(repeatable)",
+    )
     tb.add_argument("--out", help="write the markdown here and the LaTeX beside it (.tex)")
     tb.set_defaults(func=cmd_table)
 

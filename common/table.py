@@ -84,6 +84,109 @@ def bootstrap_ci(
     return float(rate), float(lo), float(hi)
 
 
+def paired_bootstrap_delta(
+    errors_a: Sequence[float],
+    ref_units_a: Sequence[float],
+    errors_b: Sequence[float],
+    ref_units_b: Sequence[float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """Difference of corpus-level error rates, system a minus system b, on the same utterances (row i of both is
+    utterance i), and its (1 - alpha) paired percentile bootstrap interval: every resample draws one set of
+    utterance indices and applies it to both systems (Koehn 2004; Bisani & Ney 2004), so the utterance-to-utterance
+    variation they share cancels and the interval is much narrower than two independent intervals would suggest.
+        delta = sum(e_a) / sum(n_a) - sum(e_b) / sum(n_b)
+    """
+    ea, na, eb, nb = (np.asarray(x, dtype=np.float64) for x in (errors_a, ref_units_a, errors_b, ref_units_b))
+    if not (ea.shape == na.shape == eb.shape == nb.shape) or ea.ndim != 1 or len(ea) == 0:
+        raise ValueError("paired comparison: both systems need per-utterance errors for the same utterances")
+    if na.sum() <= 0 or nb.sum() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    delta = ea.sum() / na.sum() - eb.sum() / nb.sum()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ea), size=(n_boot, len(ea)))
+    den_a, den_b = na[idx].sum(1), nb[idx].sum(1)
+    ok = (den_a > 0) & (den_b > 0)
+    boots = ea[idx].sum(1)[ok] / den_a[ok] - eb[idx].sum(1)[ok] / den_b[ok]
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return float(delta), float(lo), float(hi)
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    set: str
+    delta: float  # percentage points, a - b
+    lo: float
+    hi: float
+    n_utts: int
+    unit: str
+
+    @property
+    def verdict(self) -> str:
+        """Which system is better, only when the interval excludes zero."""
+        if self.hi < 0:
+            return f"{self.a} better"
+        if self.lo > 0:
+            return f"{self.b} better"
+        return "no significant difference"
+
+
+def compare_runs(
+    run_a: str | Path,
+    run_b: str | Path,
+    name_a: Optional[str] = None,
+    name_b: Optional[str] = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Comparison]:
+    """Paired comparisons of two runs on every test set they both evaluated; the utterances are matched by id and
+    must be the same in both (else the two runs were not scored on the same set: refused)."""
+    name_a, name_b = name_a or Path(run_a).name, name_b or Path(run_b).name
+    sets_a, sets_b = set_results(run_a), set_results(run_b)
+    out = []
+    for set_name in [s for s in sets_a if s in sets_b]:
+        ua = {u["id"]: u for u in utterance_errors(run_a, set_name)}
+        ub = {u["id"]: u for u in utterance_errors(run_b, set_name)}
+        if set(ua) != set(ub):
+            raise RunError(
+                f"set {set_name}: {run_a} and {run_b} scored different utterances ({len(set(ua) ^ set(ub))} differ); "
+                "a paired comparison needs the same test set"
+            )
+        ids = sorted(ua)
+        err = lambda u: u["sub"] + u["del"] + u["ins"]  # noqa: E731
+        d, lo, hi = paired_bootstrap_delta(
+            [err(ua[i]) for i in ids],
+            [ua[i]["ref_units"] for i in ids],
+            [err(ub[i]) for i in ids],
+            [ub[i]["ref_units"] for i in ids],
+            n_boot,
+            seed,
+        )
+        unit = sets_a[set_name].get("metric", "WER")
+        out.append(Comparison(name_a, name_b, set_name, 100 * d, 100 * lo, 100 * hi, len(ids), unit))
+    return out
+
+
+def comparisons_markdown(comps: Sequence[Comparison]) -> str:
+    lines = [
+        "| a | b | set | a - b (points) | 95 % paired CI | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comps:
+        lines.append(
+            f"| {c.a} | {c.b} | {c.set} ({c.unit}, {c.n_utts} utts) | {c.delta:+.2f} | [{c.lo:+.2f}, {c.hi:+.2f}] "
+            f"| {c.verdict} |"
+        )
+    return "\n".join(lines) + (
+        "\nPaired bootstrap over utterances (the same resampled utterances for both systems); a system is called "
+        "better only when the interval excludes zero.\n"
+    )
+
+
 def run_row(run_dir: str | Path, name: Optional[str] = None, n_boot: int = 1000, seed: int = 0) -> Row:
     """One table row from a run directory: every evaluated set, rate and CI from the per-utterance errors."""
     sets = set_results(run_dir)

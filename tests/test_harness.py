@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from common.cli import main
+from common.runs import RunError
 from common.table import PAPERS, bootstrap_ci, build_table, run_row, to_latex, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,40 @@ def test_bootstrap_interval():
     assert wide[2] - wide[1] > hi - lo  # fewer utterances, wider interval
     with pytest.raises(ValueError):
         bootstrap_ci([1, 2], [3])
+
+
+def test_paired_bootstrap_difference():
+    """a - b on the same utterances: the paired interval resolves a difference that two independent intervals
+    (overlapping) cannot, is exactly 0 for identical systems, and matches a hand computation of the point value."""
+    from common.table import paired_bootstrap_delta
+
+    rng = np.random.default_rng(0)
+    refs = rng.integers(5, 20, size=100)
+    base = rng.binomial(refs, 0.3)
+    better = np.maximum(base - rng.binomial(1, 0.5, size=100), 0)  # a, one error fewer on about half the utterances
+    d, lo, hi = paired_bootstrap_delta(better, refs, base, refs, n_boot=2000, seed=0)
+    assert d == pytest.approx(better.sum() / refs.sum() - base.sum() / refs.sum())
+    assert lo < d < hi < 0  # a is significantly better
+    _, a_lo, a_hi = bootstrap_ci(better, refs, 2000, 0)
+    _, b_lo, b_hi = bootstrap_ci(base, refs, 2000, 0)
+    assert a_hi > b_lo  # the unpaired intervals overlap: they would not have shown it
+    assert paired_bootstrap_delta(base, refs, base, refs, 500, 0) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_bootstrap_delta([1, 2], [3, 3], [1], [3])
+
+
+def test_compare_runs_matches_utterances_and_refuses_other_sets(tmp_path, capsys):
+    from common.table import compare_runs
+
+    a = _fake_eval_run(tmp_path / "a", {"en_test": [(0, 10)] * 30}, {"en_test": "en"})
+    b = _fake_eval_run(tmp_path / "b", {"en_test": [(2, 10)] * 30}, {"en_test": "en"})
+    (c,) = compare_runs(a, b)
+    assert c.delta == pytest.approx(-20.0) and c.hi < 0 and c.verdict == "a better" and c.n_utts == 30
+    assert main(["table", str(a), str(b), "--compare", str(a), str(b)]) == 0
+    assert "| a | b | en_test (WER, 30 utts) | -20.00 |" in capsys.readouterr().out
+    other = _fake_eval_run(tmp_path / "o", {"en_test": [(0, 10)] * 29}, {"en_test": "en"})
+    with pytest.raises(RunError, match="different utterances"):
+        compare_runs(a, other)
 
 
 def test_table_units_paper_columns_and_latex(tmp_path):
