@@ -76,6 +76,143 @@ def _latency(test_manifest: str) -> dict:
     }
 
 
+# run directory -> the system names of results.json (scripts read these names)
+SYSTEMS = {
+    "askd_whisper": {"askd_ce_only": "CE only", "askd_distil_whisper": "Distil-Whisper-style", "askd_askd": "ASKD"},
+    "ark_asr": {
+        "ark_base_sft": "Ark-Base",
+        "ark_base_td": "Ark-Base + TD",
+        "ark_base_opd": "Ark-Base + OPD",
+        "ark_base_td_opd": "Ark-Base + TD + OPD",
+    },
+}
+# (method, a, b): each stage against its predecessor, each ASKD student against the teacher and its baselines
+PAIRS = [
+    ("ark_asr", "Ark-Base + TD", "Ark-Base"),
+    ("ark_asr", "Ark-Base + OPD", "Ark-Base"),
+    ("ark_asr", "Ark-Base + TD + OPD", "Ark-Base + TD"),
+    ("ark_asr", "Ark-Base", "teacher"),
+    ("askd_whisper", "ASKD", "CE only"),
+    ("askd_whisper", "ASKD", "Distil-Whisper-style"),
+    ("askd_whisper", "CE only", "teacher"),
+    ("askd_whisper", "Distil-Whisper-style", "teacher"),
+    ("askd_whisper", "ASKD", "teacher"),
+]
+
+
+def _opd_diagnostics(run_dir: Path) -> dict:
+    """VUSS (mean, min, max over the logged steps), overlap |S ∩ K| / k and teacher mass on S ∩ K (means) of an OPD
+    run; empty when the run has no TensorBoard log."""
+    from common.runs import RunError, read_scalars
+
+    try:
+        sc = read_scalars(run_dir, "train/")
+    except RunError:
+        return {}
+    vals = {k: [v for _, v in sc.get(f"train/{k}", [])] for k in ("vuss", "overlap_ratio", "teacher_mass_overlap")}
+    if not vals["vuss"]:
+        return {}
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    return {
+        "vuss_mean": mean(vals["vuss"]),
+        "vuss_min": round(min(vals["vuss"]), 4),
+        "vuss_max": round(max(vals["vuss"]), 4),
+        "overlap_ratio_mean": mean(vals["overlap_ratio"]),
+        "teacher_mass_overlap_mean": mean(vals["teacher_mass_overlap"]),
+        "steps_logged": len(vals["vuss"]),
+    }
+
+
+def demo_results(out: Path, teacher_dir: Path, timings: dict) -> dict:
+    """The machine-readable result of the demo (``results.json``): every system's error rate per test set with its
+    95 % bootstrap interval, the paired comparisons (a - b in points, paired 95 % interval), the OPD diagnostics of
+    OPD from Ark-Base and from Ark-Base + TD (the paper's Table 2 comparison), timings and the environment."""
+    import platform
+
+    import torch
+
+    from common.io import git_revision
+    from common.table import compare_runs, run_row
+
+    dirs = {(m, "teacher"): teacher_dir for m in SYSTEMS}
+    dirs.update({(m, name): out / run for m, systems in SYSTEMS.items() for run, name in systems.items()})
+    rows = []
+    for (method, system), d in dirs.items():
+        for set_name, c in run_row(d).cells.items():
+            rows.append(
+                {
+                    "method": method,
+                    "system": system,
+                    "set": set_name,
+                    "error_rate": round(c.rate, 3),
+                    "ci": [round(c.lo, 3), round(c.hi, 3)],
+                    "unit": c.unit,
+                    "n_utts": c.n_utts,
+                }
+            )
+    comparisons = []
+    for method, a, b in PAIRS:
+        for c in compare_runs(dirs[(method, a)], dirs[(method, b)], a, b):
+            comparisons.append(
+                {
+                    "method": method,
+                    "a": a,
+                    "b": b,
+                    "set": c.set,
+                    "delta": round(c.delta, 3),
+                    "ci": [round(c.lo, 3), round(c.hi, 3)],
+                    "verdict": c.verdict,
+                    "n_utts": c.n_utts,
+                }
+            )
+    diagnostics = {
+        "opd_from_base": _opd_diagnostics(out / "ark_base_opd"),
+        "opd_from_td": _opd_diagnostics(out / "ark_base_td_opd"),
+    }
+    environment = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "git_revision": git_revision(),
+    }
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "diagnostics": diagnostics,
+        "timings": timings,
+        "environment": environment,
+    }
+
+
+def _comparisons_md(results: dict) -> str:
+    lines = [
+        "\n## Paired comparisons (a - b, points; 95 % paired bootstrap interval over the test utterances)\n",
+        "| method | a | b | set | a - b | 95 % CI | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in results["comparisons"]:
+        lines.append(
+            f"| {c['method']} | {c['a']} | {c['b']} | {c['set']} | {c['delta']:+.2f} | "
+            f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | {c['verdict']} |"
+        )
+    lines += [
+        "\n## OPD diagnostics (training-time means over the logged steps)\n",
+        "| OPD from | VUSS mean [min, max] | overlap |S ∩ K| / k | teacher mass on S ∩ K |",
+        "|---|---|---|---|",
+    ]
+    for name, d in (
+        ("Ark-Base", results["diagnostics"]["opd_from_base"]),
+        ("Ark-Base + TD", results["diagnostics"]["opd_from_td"]),
+    ):
+        if d:
+            lines.append(
+                f"| {name} | {d['vuss_mean']:.2f} [{d['vuss_min']:.2f}, {d['vuss_max']:.2f}] | "
+                f"{d['overlap_ratio_mean']:.3f} | {d['teacher_mass_overlap_mean']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print) -> str:
     from common.config import load
     from common.data.synth import SynthConfig, synthesize_corpus
@@ -178,11 +315,14 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
         + to_markdown(tb)
         + "\nA CPU-sized run of the whole pipeline on a synthetic corpus; not the papers' settings or numbers.\n"
     )
-    atomic_write_text(out / "results.md", md)
-    atomic_write_text(out / "results.tex", to_latex(ta) + "\n" + to_latex(tb))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
     timings.update(st.timings)
     atomic_write_json(out / "timings.json", timings)
+    results = demo_results(out, teacher_dir, timings)
+    md += _comparisons_md(results)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", md)
+    atomic_write_text(out / "results.tex", to_latex(ta) + "\n" + to_latex(tb))
     log("\n" + md)
     log(f"results written to {out / 'results.md'} (and results.tex); this run took {time.time() - t_start:.0f} s")
     return md

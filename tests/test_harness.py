@@ -399,3 +399,27 @@ def test_shar_export_reads_back_the_same_audio(tmp_path):
     assert (
         main(["data", "prepare", "ami", "--corpus-dir", str(src), "--out", str(out)]) == 2
     )  # AMI needs its annotations
+
+
+def test_demo_results_json_shape(tmp_path):
+    """results.json as scripts read it: rows per (method, system, set) with CIs, paired comparisons with intervals,
+    the names the issue fixed (en_test; teacher, Ark-Base ..., CE only ...)."""
+    from common.demo import PAIRS, SYSTEMS, demo_results
+
+    rng = np.random.default_rng(0)
+    teacher = _fake_eval_run(tmp_path / "teacher", {"en_test": [(0, 10)] * 40}, {"en_test": "en"})
+    for systems in SYSTEMS.values():
+        for i, run in enumerate(systems):
+            errs = rng.binomial(10, 0.1 + 0.1 * i, size=40)
+            _fake_eval_run(tmp_path / run, {"en_test": [(int(e), 10) for e in errs]}, {"en_test": "en"})
+    res = demo_results(tmp_path, teacher, {"stage": 1.0})
+    assert set(res) >= {"rows", "comparisons", "diagnostics", "timings", "environment"}
+    assert {(r["method"], r["system"]) for r in res["rows"]} == {
+        (m, s) for m, systems in SYSTEMS.items() for s in ["teacher", *systems.values()]
+    }
+    row = next(r for r in res["rows"] if r["system"] == "Ark-Base")
+    assert row["set"] == "en_test" and row["ci"][0] <= row["error_rate"] <= row["ci"][1]
+    assert len(res["comparisons"]) == len(PAIRS)
+    c = next(c for c in res["comparisons"] if (c["a"], c["b"]) == ("Ark-Base", "teacher"))
+    assert c["delta"] > 0 and c["ci"][0] > 0 and c["verdict"] == "teacher better"  # 10 % vs 0 % on 40 utterances
+    json.dumps(res)  # serialisable as is
