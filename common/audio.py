@@ -8,6 +8,8 @@ reads WAV, FLAC, OGG/Vorbis/Opus and MP3. torchaudio is imported in one place, :
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +126,6 @@ def as_numpy(audios) -> list[np.ndarray]:
 
 def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = TARGET_SR) -> None:
     """Write 16-bit FLAC through a temporary file (atomic)."""
-    import os
-    import tempfile
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""``asr-distill``: the command line. Each subcommand parses its arguments and calls library code."""
+"""``asr-distill``: the command line. Each subcommand parses its arguments and calls library code.
+
+Subcommands import their libraries inside the function that runs them (start-up time): ``asr-distill --help``, a
+config error and a torch/torchaudio mismatch report come back without loading transformers, Lightning or Lhotse.
+"""
 
 from __future__ import annotations
 

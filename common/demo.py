@@ -15,6 +15,7 @@ This is an entry point like ``common.cli``: it reaches both methods through the 
 from __future__ import annotations
 
 import json
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,7 +128,6 @@ def demo_results(out: Path, teacher_dir: Path, timings: dict) -> dict:
     """The machine-readable result of the demo (``results.json``): every system's error rate per test set with its
     95 % bootstrap interval, the paired comparisons (a - b in points, paired 95 % interval), the OPD diagnostics of
     OPD from Ark-Base and from Ark-Base + TD (the paper's Table 2 comparison), timings and the environment."""
-    import platform
 
     import torch
 

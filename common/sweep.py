@@ -16,6 +16,7 @@ before the time limit makes the run checkpoint and requeue, see ``common.trainin
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -281,7 +282,6 @@ def run_slurm(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
 
 def sweep_rows(sweep_dir: str | Path, n_boot: int = 1000, seed: int = 0):
     """Table rows for every finished run of a sweep (knob values as columns); unfinished runs are listed as such."""
-    import json
 
     from common.table import Row, run_row
 

@@ -6,25 +6,18 @@ import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from common.cli import main
 from common.config import from_dict
 
-TINY_LLM = dict(
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    intermediate_size=64,
-    head_dim=16,
-    tie_word_embeddings=True,
-    max_position_embeddings=1024,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_ark import TINY_LLM  # noqa: E402
+from test_distributed import _SignalAt  # noqa: E402
 
 
 def _sft_cfg(tiny_corpus, run_dir, **trainer):
@@ -51,18 +44,6 @@ def _sft_cfg(tiny_corpus, run_dir, **trainer):
             "trainer": {"max_steps": 6, "log_every_n_steps": 1, "progress_bar": False, "seed": 0, **trainer},
         },
     )
-
-
-class _SignalAt(L.Callback):
-    """Send this process a real signal after optimizer step ``step`` (as a terminal's Ctrl-C would)."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum, self.sent = step, signum, False
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
 
 
 def _weights(run_dir: Path) -> dict:

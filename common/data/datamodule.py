@@ -14,6 +14,7 @@ by rank themselves).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -267,7 +268,6 @@ class AudioDataModule(L.LightningDataModule):
         """
         if self._sampler is None:
             return {}
-        import copy
 
         sd = copy.deepcopy(self._sampler.state_dict())
         trainer = getattr(self, "trainer", None)

@@ -14,7 +14,10 @@ the same arguments finds ``synth.json`` and does nothing.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -377,9 +380,6 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True, workers: int | No
 
     Each (language, split) is synthesised in a fresh spawned process, ``workers`` at a time.
     """
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 

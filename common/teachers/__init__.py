@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,7 +53,6 @@ def _load_device(cfg: TeacherConfig) -> str:
     that rank's device), so that no two ranks ever load a teacher onto the same GPU."""
     if cfg.device != "auto":
         return cfg.device
-    import os
 
     multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1
     return "cuda" if torch.cuda.is_available() and not multi else "cpu"

@@ -6,7 +6,9 @@ checkpoints), TensorBoard logs under ``tb/``, per-test-set evaluation files and,
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -51,8 +53,6 @@ def run_fit(
     job can always pass ``--resume``). A SIGTERM/SIGUSR1 during fit leaves ``last.ckpt`` and raises
     :class:`Preempted` / Lightning's ``SIGTERMException``.
     """
-    import json
-    import time
 
     from common.config import save_yaml
     from common.io import SUMMARY, atomic_write_json, git_revision, is_complete, prepare_run_dir

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +32,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     final file, so a failed save truncates it), and the failure is one line naming the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        import tempfile
 
         import torch
 
@@ -59,7 +60,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def check_checkpoint(path: Path) -> Path:
     """A checkpoint that ``--resume`` can load: a complete torch zip archive (a truncated file has no central
     directory); otherwise one line naming the file."""
-    import zipfile
 
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
