@@ -483,6 +483,7 @@ class ArkTranscriber:
 
     def __init__(self, student: ArkStudent, name: str = "ark") -> None:
         self.student, self.name = student, name
+        self.max_seconds = student.encoder.max_frames * 2 / 100  # encoder positions: 1500 frames = 30 s
 
     @classmethod
     def from_dir(cls, path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ArkTranscriber:

@@ -54,6 +54,8 @@ class ArkModule(L.LightningModule):
 
     # -- stages ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
+        if batch["skipped"]:  # unreadable audio under bad_sample_policy=skip: counted, never silent
+            self.log("train/skipped_utterances", float(len(batch["skipped"])), reduce_fx="sum", batch_size=1)
         if not batch["ids"]:
             return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
         if self.cfg.stage in ("sft", "td"):
@@ -231,6 +233,7 @@ class ArkModule(L.LightningModule):
     # -- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["ids"]:
+            self.val_log.count_skipped(batch, dataloader_idx)
             return
         with gathered_params(self.student):
             out = self.student.generate(

@@ -130,6 +130,8 @@ class AskdModule(L.LightningModule):
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
+        if batch["skipped"]:  # unreadable audio under bad_sample_policy=skip: counted, never silent
+            self.log("train/skipped_utterances", float(len(batch["skipped"])), reduce_fx="sum", batch_size=1)
         if not batch["ids"]:
             return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
         phase, lam, beta, ce_w = self.weights(self.global_step)
@@ -220,6 +222,7 @@ class AskdModule(L.LightningModule):
     # -- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["ids"]:
+            self.val_log.count_skipped(batch, dataloader_idx)
             return
         with gathered_params(self.student):
             hyps = WhisperTranscriber(self.student, self.processor).transcribe(batch, self.cfg.decoding)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from common.config import save_yaml
 from common.data.datamodule import eval_loader
-from common.data.manifests import load_manifest, set_name
+from common.data.manifests import load_manifest, manifest_digest, set_name
 from common.io import SUMMARY, atomic_write_json, atomic_write_text, check_run_dir, git_revision, prepare_run_dir
 from common.metrics import ErrorRate, score_utterance
 from common.text import normalize
@@ -82,6 +82,7 @@ class Transcriber(Protocol):
     """What evaluation needs from a model."""
 
     name: str
+    max_seconds: Optional[float]  # the longest audio the model transcribes whole (None: no limit)
 
     def collate(self, audios, texts, languages) -> dict[str, Any]: ...
 
@@ -97,6 +98,7 @@ class WhisperTranscriber:
         self.model, self.processor, self.name = model, processor, name
         self.collate = WhisperCollator(processor, with_labels=False)
         self.multilingual = is_multilingual(processor.tokenizer)
+        self.max_seconds = float(processor.feature_extractor.chunk_length)  # the 30 s window; longer audio is cut
 
     @torch.no_grad()
     def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]:
@@ -118,6 +120,7 @@ class TeacherTranscriber:
 
     def __init__(self, teacher, name: str) -> None:
         self.teacher, self.name = teacher, name
+        self.max_seconds = None  # Qwen3-ASR's audio tower chunks long input itself
 
     def collate(self, audios, texts, languages) -> dict[str, Any]:
         return {}  # the dataset passes the waveforms on as batch["audios"]
@@ -191,8 +194,20 @@ def _load_transcriber(model: str, device: str, dtype: str, kind: str) -> Transcr
 
 
 def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out: Path) -> dict[str, Any]:
-    """Decode one set; write its files; return its summary row."""
+    """Decode one set; write its files; return its summary row. Utterances longer than the model's window
+    (``transcriber.max_seconds``: Whisper's 30 s) are not cut silently: they are skipped, listed in ``skipped.tsv`` and
+    counted (``n_too_long``), like unreadable audio under ``bad_sample_policy: skip``."""
     metric = ErrorRate()
+    limit = getattr(transcriber, "max_seconds", None)
+    too_long = [c for c in cuts if limit is not None and c.duration > limit + 1e-3]
+    if too_long:
+        keep = {c.id for c in too_long}
+        cuts = cuts.filter(lambda c: c.id not in keep).to_eager()
+        print(
+            f"{name}: {len(too_long)} utterance(s) longer than the model's {limit:.0f} s window skipped and counted "
+            f"(e.g. {too_long[0].id}, {too_long[0].duration:.1f} s); see {out / name / 'skipped.tsv'}",
+            flush=True,
+        )
     loader = eval_loader(
         cuts,
         transcriber.collate,
@@ -204,15 +219,17 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     audio_s, decode_s = 0.0, 0.0
-    bar = tqdm(total=len(cuts), desc=f"decoding {name}", unit="utt", leave=False)
+    bar = tqdm(total=len(cuts) + len(too_long), desc=f"decoding {name}", unit="utt", leave=False)
+    bar.update(len(too_long))
     for batch in loader:
         skipped += batch["skipped"]
-        bar.update(len(batch["ids"]) + len(batch["skipped"]))
         if not batch["ids"]:
+            bar.update(len(batch["skipped"]))
             continue
         t0 = time.perf_counter()
         hyps = transcriber.transcribe(batch, cfg.decoding)
         decode_s += time.perf_counter() - t0
+        bar.update(len(batch["ids"]) + len(batch["skipped"]))  # counted once decoded
         audio_s += sum(batch["durations"])
         for uid, ref, hyp, lang in zip(batch["ids"], batch["texts"], hyps, batch["languages"]):
             s = score_utterance(ref, hyp, lang)
@@ -239,6 +256,7 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
     atomic_write_text(set_dir / "hyp.txt", "".join(f"{r['id']}\t{r['hyp']}\n" for r in rows))
     atomic_write_text(set_dir / "ref.txt", "".join(f"{r['id']}\t{r['ref']}\n" for r in rows))
     atomic_write_text(set_dir / "errs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    skipped += [(c.id, f"longer than the model's {limit:.0f} s window ({c.duration:.1f} s)") for c in too_long]
     if skipped:
         atomic_write_text(set_dir / "skipped.tsv", "".join(f"{i}\t{m}\n" for i, m in skipped))
     return {
@@ -252,22 +270,30 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
         "del": res["del"],
         "ins": res["ins"],
         "n_empty_refs": res["n_empty_refs"],
-        "n_skipped": len(skipped),
+        "n_skipped": len(skipped),  # unreadable audio + too long (+ n_invalid_rows: rows refused by validation)
+        "n_too_long": len(too_long),
         "audio_seconds": round(audio_s, 3),
         "rtf": round(decode_s / audio_s, 5) if audio_s else None,
     }
 
 
+def _skipped(r: dict[str, Any]) -> str:
+    invalid, too_long = r.get("n_invalid_rows", 0), r.get("n_too_long", 0)
+    total = invalid + r["n_skipped"]
+    return f"{total} ({invalid} / {r['n_skipped'] - too_long} / {too_long})" if total else "0"
+
+
 def markdown_table(summary: dict[str, Any], model: str) -> str:
     lines = [
-        "| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped | RTF |",
+        "| model | set | metric | error rate % | raw % | utts | ref units | S | D | I | empty refs | skipped "
+        "(invalid / unreadable / too long) | RTF |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["sets"].items():
         lines.append(
             f"| {model} | {name} | {r['metric']} | {100 * r['error_rate']:.2f} | {100 * r['raw_error_rate']:.2f} "
             f"| {r['n_utts']} | "
-            f"{r['ref_units']} | {r['sub']} | {r['del']} | {r['ins']} | {r['n_empty_refs']} | {r['n_skipped']} "
+            f"{r['ref_units']} | {r['sub']} | {r['del']} | {r['ins']} | {r['n_empty_refs']} | {_skipped(r)} "
             f"| {r['rtf']} |"
         )
     return "\n".join(lines) + "\n"
@@ -277,12 +303,12 @@ def run_evaluation(
     cfg: EvalConfig, overwrite: bool = False, transcriber: Optional[Transcriber] = None
 ) -> dict[str, Any]:
     """Validate every manifest first (nothing starts on a bad one under policy ``error``), then decode."""
-    sets = {}
+    sets, specs = {}, {}
     for spec in cfg.sets:
         name = set_name(spec)
         if name in sets:
             raise ValueError(f"two test manifests give the set name {name!r}")
-        sets[name] = load_manifest(spec, cfg.bad_sample_policy)
+        sets[name], specs[name] = load_manifest(spec, cfg.bad_sample_policy), spec
     check_run_dir(Path(cfg.out_dir), overwrite=overwrite)  # refuse before the (slow) model load
     t0 = time.time()
     transcriber = transcriber or load_transcriber(cfg.model, cfg.device, cfg.dtype, cfg.kind)
@@ -291,7 +317,8 @@ def run_evaluation(
     summary: dict[str, Any] = {"model": cfg.model, "sets": {}}
     for name, (cuts, report) in sets.items():
         row = evaluate_set(transcriber, cuts, cfg, name, out)
-        row["n_invalid_rows"] = report.n_bad
+        row["n_invalid_rows"] = report.n_bad  # skipped at validation (bad_sample_policy: skip)
+        row["manifest"], row["manifest_digest"] = str(specs[name]), manifest_digest([specs[name]])
         summary["sets"][name] = row
     atomic_write_json(
         out / "meta.json",

@@ -56,6 +56,8 @@ class Cell:
     hi: float
     n_utts: int
     unit: str  # WER | CER
+    n_skipped: int = 0  # utterances of the set not scored (invalid rows, unreadable or too long audio)
+    manifest_id: Optional[str] = None  # the test set's identity (a digest of its manifest)
 
 
 @dataclass
@@ -203,7 +205,10 @@ def run_row(run_dir: str | Path, name: Optional[str] = None, n_boot: int = 1000,
                 f"{run_dir}: set {set_name}: per-utterance errors ({rate:.6f}) disagree with summary.json "
                 f"({res['error_rate']:.6f})"
             )
-        row.cells[set_name] = Cell(100 * rate, 100 * lo, 100 * hi, len(utts), res.get("metric", "WER"))
+        skipped = res.get("n_skipped", 0) + res.get("n_invalid_rows", 0)
+        row.cells[set_name] = Cell(
+            100 * rate, 100 * lo, 100 * hi, len(utts), res.get("metric", "WER"), skipped, res.get("manifest_digest")
+        )
     return row
 
 
@@ -239,6 +244,7 @@ def build_table(rows: list[Row], paper_name: Optional[str] = None, ci: bool = Tr
     paper = PAPERS[paper_name] if paper_name else None
     if paper_name and paper is None:
         raise ValueError(f"unknown paper table {paper_name!r} (known: {', '.join(PAPERS)})")
+    rows, notes = _split_colliding_sets(rows)
     cols = _columns(rows, paper)
     extra_keys = list(dict.fromkeys(k for r in rows for k in r.extra))  # the sweep's knob order
     header = ["system"] + extra_keys
@@ -268,7 +274,32 @@ def build_table(rows: list[Row], paper_name: Optional[str] = None, ci: bool = Tr
                 if c in paper["columns"]:
                     line.append(f"{values[list(paper['columns']).index(c)]:.2f}")
             body.append(line)
-    return {"header": header, "rows": body, "title": paper["title"] if paper else None}
+    skipped = [f"{r.name}: {n} ({c.n_skipped} skipped)" for r in rows for n, c in r.cells.items() if c.n_skipped]
+    if skipped:
+        notes.append("Utterances not scored (invalid rows, unreadable or too long audio): " + "; ".join(skipped) + ".")
+    return {"header": header, "rows": body, "title": paper["title"] if paper else None, "notes": notes}
+
+
+def _split_colliding_sets(rows: list[Row]) -> tuple[list[Row], list[str]]:
+    """Sets are columns by name; two different manifests with the same folder name must not share a column: such a
+    name becomes one column per manifest (``name@digest``), with a note saying so."""
+    ids: dict[str, set[str]] = {}
+    for r in rows:
+        for name, c in r.cells.items():
+            if c.manifest_id:
+                ids.setdefault(name, set()).add(c.manifest_id)
+    colliding = {n for n, s in ids.items() if len(s) > 1}
+    if not colliding:
+        return rows, []
+    out = []
+    for r in rows:
+        cells = {(f"{n}@{c.manifest_id[:6]}" if n in colliding and c.manifest_id else n): c for n, c in r.cells.items()}
+        out.append(Row(r.name, cells, dict(r.extra)))
+    note = (
+        f"Set name(s) {', '.join(sorted(colliding))} come from different manifests in these runs: one column per "
+        "manifest (name@manifest digest)."
+    )
+    return out, [note]
 
 
 def to_markdown(table: dict[str, Any]) -> str:
@@ -279,6 +310,7 @@ def to_markdown(table: dict[str, Any]) -> str:
     lines.append(
         "\nError rates in %, normalised text, corpus level; [lo, hi]: 95 % bootstrap interval over utterances."
     )
+    lines += table.get("notes", [])
     return "\n".join(lines) + "\n"
 
 

@@ -189,3 +189,80 @@ def test_export_refuses_an_existing_out_and_explains_ark(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
     assert main(["export", "--ckpt", str(tmp_path / "ark_asr" / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 2
     assert "need no export" in capsys.readouterr().err
+
+
+def test_long_audio_is_skipped_and_counted_not_cut(tmp_path, real_speech, capsys):
+    """A 35 s clip against Whisper's 30 s window: not silently cut (it lost 47 of 124 words before) but skipped,
+    listed and counted in the summary and the table."""
+    import numpy as np
+    import soundfile as sf
+
+    from common.audio import load_audio
+
+    rows = [json.loads(line) for line in (real_speech / "manifest.jsonl").read_text().splitlines()]
+    en = [r for r in rows if r["language"] == "en"][:12]
+    waves = [load_audio(real_speech / r["audio_filepath"]) for r in en]
+    long_wave = np.concatenate(waves)
+    while len(long_wave) < 35 * 16000:
+        long_wave = np.concatenate([long_wave, waves[0]])
+    d = tmp_path / "long_set"
+    d.mkdir()
+    sf.write(d / "long.wav", long_wave[: 35 * 16000], 16000)
+    shutil.copy(real_speech / en[0]["audio_filepath"], d / ("short" + Path(en[0]["audio_filepath"]).suffix))
+    man = [
+        {"audio_filepath": "long.wav", "text": " ".join(r["text"] for r in en), "language": "en"},
+        {"audio_filepath": "short" + Path(en[0]["audio_filepath"]).suffix, "text": en[0]["text"], "language": "en"},
+    ]
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in man))
+    out = tmp_path / "ev"
+    assert (
+        main(["evaluate", "--model", "bundled:tiny.en", "--manifest", str(d / "manifest.jsonl"), "--out", str(out)])
+        == 0
+    )
+    res = json.loads((out / "summary.json").read_text())["sets"]["long_set"]
+    assert res["n_utts"] == 1 and res["n_too_long"] == 1 and res["n_skipped"] == 1
+    assert "longer than the model's 30 s window" in (out / "long_set" / "skipped.tsv").read_text()
+    assert "| 1 (0 / 0 / 1) |" in (out / "table.md").read_text()
+
+
+def test_fit_counts_what_the_data_left_out(tiny_corpus, tmp_path):
+    from ark_asr.run import fit
+
+    rows = [json.loads(line) for line in (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()]
+    d = tmp_path / "train_set"
+    d.mkdir()
+    for r in rows:
+        r["audio_filepath"] = str((tiny_corpus / "en_train" / r["audio_filepath"]).resolve())
+    rows.append({**rows[0], "audio_filepath": str(tmp_path / "missing.wav"), "id": "gone"})
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=1)
+    cfg.data.train, cfg.data.bad_sample_policy = [str(d / "manifest.jsonl")], "skip"
+    summary = fit(cfg)
+    assert summary["data_skipped"]["invalid_rows"] == {str(d / "manifest.jsonl"): 1}
+    assert "train_outside_duration" in summary["data_skipped"]
+
+
+def test_table_splits_sets_that_share_a_name_and_notes_skipped_utterances(tmp_path):
+    from common.table import build_table, run_row, to_markdown
+
+    def run(root, digest, skipped):
+        root.mkdir()
+        (root / "test").mkdir()
+        (root / "test" / "errs.jsonl").write_text(
+            "".join(json.dumps({"id": f"u{i}", "sub": 1, "del": 0, "ins": 0, "ref_units": 10}) + "\n" for i in range(5))
+        )
+        summ = {
+            "error_rate": 0.1,
+            "metric": "WER",
+            "n_skipped": skipped,
+            "n_invalid_rows": 0,
+            "manifest_digest": digest,
+        }
+        (root / "summary.json").write_text(json.dumps({"sets": {"test": summ}}))
+        return root
+
+    a = run(tmp_path / "a", "aaaaaa111111", 0)
+    b = run(tmp_path / "b", "bbbbbb222222", 2)
+    md = to_markdown(build_table([run_row(a), run_row(b)]))
+    assert "test@aaaaaa" in md and "test@bbbbbb" in md and "different manifests" in md
+    assert "b: test@bbbbbb (2 skipped)" in md

@@ -166,8 +166,17 @@ class AudioDataModule(L.LightningDataModule):
         self.dev_sets: dict[str, CutSet] = {}
         self.test_sets: dict[str, CutSet] = {}
         self.reports: list[ValidationReport] = []
+        self.n_outside_duration = 0  # training utterances outside [min_duration, max_duration], left out
         self._sampler: Optional[DynamicBucketingSampler] = None
         self._sampler_state: Optional[dict] = None
+
+    def skip_report(self) -> dict[str, Any]:
+        """What the data left out, counted: invalid rows per manifest (bad_sample_policy: skip) and training
+        utterances outside the duration range. Audio that fails to decode later is counted in the training logs."""
+        return {
+            "invalid_rows": {r.manifest: r.n_bad for r in self.reports if r.n_bad},
+            "train_outside_duration": self.n_outside_duration,
+        }
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self, specs: Sequence[str]) -> dict[str, CutSet]:
@@ -186,7 +195,9 @@ class AudioDataModule(L.LightningDataModule):
             train = list(self._load(self.cfg.train).values())
             cuts = train[0] if len(train) == 1 else CutSet.from_cuts(c for cs in train for c in cs)
             lo, hi = self.cfg.min_duration, self.cfg.max_duration
+            n_before = len(cuts)
             self.train_cuts = cuts.filter(lambda c: lo <= c.duration <= hi).to_eager()
+            self.n_outside_duration = n_before - len(self.train_cuts)
             if len(self.train_cuts) == 0:
                 raise ValueError(f"no training utterance lasts between {lo} and {hi} s")
         if not self.dev_sets and self.cfg.dev:

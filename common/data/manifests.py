@@ -22,8 +22,9 @@ returned :class:`ValidationReport`.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -84,6 +85,16 @@ class ValidationReport:
         if len(self.problems) > max_items:
             lines.append(f"  ... and {len(self.problems) - max_items} more")
         return "\n".join(lines)
+
+
+def manifest_digest(specs: Sequence[str]) -> str:
+    """One short hash of manifests' contents, in order (the spec itself where it is not a file: Shar, hf:); the identity
+    of a test set in tables and of a teacher cache's training data."""
+    h = hashlib.sha256()
+    for spec in specs:
+        p = Path(spec)
+        h.update(p.read_bytes() if p.is_file() else json.dumps(str(spec)).encode())
+    return h.hexdigest()[:16]
 
 
 def _utterance_id(manifest: Path, audio: Path) -> str:

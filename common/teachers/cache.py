@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from common.data.datamodule import cut_audio
-from common.data.manifests import load_manifest
+from common.data.manifests import load_manifest, manifest_digest
 from common.io import atomic_write_json
 from common.metrics import ErrorRate, score_utterance
 from common.teachers import TeacherConfig, build_teacher
@@ -96,12 +96,6 @@ def teacher_fingerprint(teacher) -> dict[str, str]:
     ]
     vocab = sorted(teacher.tokenizer.get_vocab().items())
     return {"weights": _digest(sums), "tokenizer": _digest(vocab)}
-
-
-def manifest_digest(manifests: list[str]) -> str:
-    """One hash over the manifests' contents (their paths where they are not files: Shar, hf:), in order."""
-    parts = [Path(m).read_bytes() if Path(m).is_file() else str(m).encode() for m in manifests]
-    return _digest(*parts) if len(parts) > 1 else _digest(parts[0])
 
 
 def make_stamp(cfg: CacheConfig, teacher) -> dict[str, Any]:

@@ -24,10 +24,15 @@ class ValidationLog(torch.nn.Module):
         self.n = n_samples
         self.samples: list[dict[str, Any]] = []
         self.teacher_texts: dict[str, str] = {}
+        self.skipped = [0] * len(self.names)  # dev utterances whose audio could not be read (policy skip)
+
+    def count_skipped(self, batch: dict[str, Any], dataloader_idx: int = 0) -> None:
+        self.skipped[dataloader_idx] += len(batch.get("skipped") or [])
 
     def update(self, batch: dict[str, Any], hyps: list[str], dataloader_idx: int = 0) -> None:
         """Score one batch of dev set ``dataloader_idx`` and keep the first few utterances as samples."""
         self.metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
+        self.count_skipped(batch, dataloader_idx)
         if dataloader_idx != 0 or len(self.samples) >= self.n:
             return
         audios = batch.get("audios") or [None] * len(hyps)
@@ -56,7 +61,11 @@ class ValidationLog(torch.nn.Module):
             module.log(f"val/{name}/error_rate", r["error_rate"].float())
             for key in ("n_utts", "ref_units", "sub", "del", "ins"):
                 module.log(f"val/{name}/{key}", r[key].float())
+            module.log(
+                f"val/{name}/n_skipped", float(self.skipped[self.names.index(name)]), reduce_fx="sum", sync_dist=True
+            )
             m.reset()
+        self.skipped = [0] * len(self.names)
         samples, self.samples = self.samples, []
         if not samples or module._trainer is None or not module._trainer.is_global_zero:
             return
