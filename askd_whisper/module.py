@@ -211,6 +211,12 @@ class AskdModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         st = self.self_teacher
+        if st is None and self._pending_self_teacher is not None:  # restored but not rebuilt yet (a resume that
+            checkpoint["askd"] = {  # trains no further step, e.g. after a signal during the final decoding)
+                "self_teacher": self._pending_self_teacher,
+                "student_config": self.student.config.to_dict(),
+            }
+            return
         checkpoint["askd"] = {
             "self_teacher": None if st is None else {k: v.cpu() for k, v in st.state_dict().items()},
             "student_config": self.student.config.to_dict(),

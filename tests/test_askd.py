@@ -178,6 +178,21 @@ def test_fit_then_resume_is_the_same_run(tiny_corpus, tmp_path, teacher):
         torch.testing.assert_close(ea[k], eb[k], atol=0, rtol=0, msg=k)
 
 
+def test_resume_after_training_keeps_the_self_teacher(tiny_corpus, tmp_path, teacher):
+    """A run preempted during its final test decoding (last.ckpt at max_steps, no summary) is resumed: the checkpoint
+    written then still holds the self-teacher snapshot (it was dropped before)."""
+    from askd_whisper.run import fit
+
+    cfg = _cfg(tiny_corpus, tmp_path / "r", self_kd={"enabled": True, "boundary": 0.5, "self_teacher": "snapshot"})
+    fit(cfg, teacher=teacher)
+    before = _weights(tmp_path / "r")[1]
+    assert before is not None
+    (tmp_path / "r" / "summary.json").unlink()  # as if stopped while decoding the test sets
+    fit(cfg, resume=True, teacher=teacher)
+    after = _weights(tmp_path / "r")[1]
+    assert after is not None and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_kd_variants_run(tiny_corpus, tmp_path, teacher):
     from askd_whisper.run import fit
 

@@ -266,3 +266,30 @@ def test_table_splits_sets_that_share_a_name_and_notes_skipped_utterances(tmp_pa
     md = to_markdown(build_table([run_row(a), run_row(b)]))
     assert "test@aaaaaa" in md and "test@bbbbbb" in md and "different manifests" in md
     assert "b: test@bbbbbb (2 skipped)" in md
+
+
+def test_resume_with_a_changed_config(tiny_corpus, tmp_path):
+    """A longer max_steps continues a finished run (its summary kept); a changed lr or architecture is refused in one
+    line naming the keys, before anything is built; config.yaml keeps the values the run started with."""
+    import yaml
+
+    from ark_asr.run import fit
+    from common.config import ConfigError
+
+    run = tmp_path / "run"
+    assert fit(_sft_cfg(tiny_corpus, run, max_steps=2))["steps"] == 2
+    longer = fit(_sft_cfg(tiny_corpus, run, max_steps=4), resume=True)
+    assert longer["steps"] == 4 and not longer.get("stopped_early")
+    assert json.loads((run / "summary.step0000002.json").read_text())["steps"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 2
+    assert yaml.safe_load((run / "config.resume-1.yaml").read_text())["trainer"]["max_steps"] == 4
+    lr = _sft_cfg(tiny_corpus, run, max_steps=6)
+    lr.optim.lr = 5e-4
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.001 -> 0\.0005") as err:
+        fit(lr, resume=True)
+    assert "\n" not in str(err.value)
+    wide = _sft_cfg(tiny_corpus, run, max_steps=6)
+    wide.model.llm_config = {**wide.model.llm_config, "hidden_size": 2 * wide.model.llm_config["hidden_size"]}
+    with pytest.raises(ConfigError, match="model.llm_config.hidden_size"):
+        fit(wide, resume=True)
+    assert not (run / "config.resume-2.yaml").exists()

@@ -58,8 +58,18 @@ def run_fit(
     from common.io import SUMMARY, atomic_write_json, git_revision, is_complete, prepare_run_dir
 
     run_dir = Path(cfg.run_dir)
+    resuming = resume and (run_dir / "config.yaml").is_file()
+    if resuming:
+        check_resume_config(run_dir, cfg)  # architecture / data / optimisation changes: refused, listing the keys
     if resume and is_complete(run_dir):
-        return json.loads((run_dir / SUMMARY).read_text())
+        done = json.loads((run_dir / SUMMARY).read_text())
+        if done.get("stopped_early") or done.get("steps", 0) >= cfg.trainer.max_steps:
+            return done
+        if launch_rank() == 0:  # a longer schedule: continue from last.ckpt; the finished run's summary is kept
+            (run_dir / SUMMARY).rename(run_dir / f"summary.step{done['steps']:07d}.json")
+    if launch_rank() == 0:  # temporary files of a checkpoint write that was killed (SIGKILL, power loss)
+        for stale in (run_dir / "checkpoints").glob(".*.tmp") if (run_dir / "checkpoints").is_dir() else []:
+            stale.unlink(missing_ok=True)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         check_checkpoint(ckpt)  # a truncated last.ckpt: one line, before any model is built
@@ -71,8 +81,9 @@ def run_fit(
     if stop_after_steps:
         cbs.append(StopAfterSteps(stop_after_steps))
     trainer = build_trainer(cfg.trainer, run_dir, callbacks=cbs, module=module)
-    if trainer.is_global_zero:
-        save_yaml(cfg, run_dir / "config.yaml")
+    if trainer.is_global_zero:  # config.yaml is what the run started with; each resume adds its own (what it ran)
+        n = len(list(run_dir.glob("config.resume-*.yaml"))) + 1
+        save_yaml(cfg, run_dir / ("config.yaml" if not resuming else f"config.resume-{n}.yaml"))
         atomic_write_json(
             run_dir / "meta.json",
             {
@@ -158,6 +169,61 @@ def _reload(build: Callable[[], tuple[L.LightningModule, Any, dict]], ckpt: Path
     module.load_state_dict(state["state_dict"], strict=False)
     module.on_load_checkpoint(state)
     return module
+
+
+# config keys a resumed run may change: how long it trains, how often it checkpoints, validates and logs, where it runs,
+# which sets it evaluates and how it decodes them. Anything else changes what the run computes: a new run.
+RESUMABLE_KEYS = (
+    "run_dir",
+    "trainer.max_steps",
+    "trainer.val_every_n_steps",
+    "trainer.ckpt_every_n_steps",
+    "trainer.last_ckpt_every_minutes",
+    "trainer.log_every_n_steps",
+    "trainer.progress_bar",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.fsdp",
+    "trainer.slurm_requeue",
+    "trainer.accelerator",
+    "data.dev",
+    "data.test",
+    "data.num_workers",
+    "decoding",
+    "teacher.device",
+    "teacher.placement",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def check_resume_config(run_dir: Path, cfg: Any) -> None:
+    """Compare a resumed run's config with the one it started with (``config.yaml``): schedule extensions
+    (``trainer.max_steps``) and the keys in ``RESUMABLE_KEYS`` may change; any other difference (architecture, data,
+    optimiser, losses) is refused in one line listing the keys, before anything is built or written."""
+    import yaml
+
+    from common.config import ConfigError, to_dict
+
+    saved = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+    changed = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    fixed = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
+    if fixed:
+        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in fixed[:6])
+        more = f" (+{len(fixed) - 6} more)" if len(fixed) > 6 else ""
+        raise ConfigError(
+            f"--resume of {run_dir} with a changed config: {diff}{more}; these change what the run computes: use a new "
+            "run_dir (or --overwrite to start this one again)"
+        )
 
 
 def last_checkpoint(run_dir: Path) -> Optional[Path]:
