@@ -293,3 +293,18 @@ def test_resume_with_a_changed_config(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match="model.llm_config.hidden_size"):
         fit(wide, resume=True)
     assert not (run / "config.resume-2.yaml").exists()
+
+
+def test_cluster_logs_and_tensorboard(tiny_corpus, tmp_path, capsys):
+    """stdout not a terminal (SLURM, nohup; pytest captures it): plain progress lines with step, loss, lr, audio
+    seconds per second and ETA, no progress bar; TensorBoard gets the learning rate and the gradient norm."""
+    from ark_asr.run import fit
+    from common.runs import read_scalars
+
+    fit(_sft_cfg(tiny_corpus, tmp_path / "run", max_steps=4, progress_every_n_steps=2))
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/4", "4/4"]
+    assert all(k in lines[0] for k in ("| loss ", "| lr ", "audio s/s", "| ETA ")) and "Epoch" not in out
+    scalars = read_scalars(tmp_path / "run")
+    assert "train/grad_norm" in scalars and any(k.startswith("lr-") for k in scalars)

@@ -80,12 +80,16 @@ class TrainerConfig:
     deterministic: bool = False
     """torch deterministic algorithms."""
     progress_bar: bool = True
-    """Show Lightning's progress bar."""
+    """Show Lightning's progress bar (only when stdout is a terminal; in a log file, plain progress lines instead)."""
+    progress_every_n_steps: int = 50
+    """When stdout is not a terminal (SLURM, nohup): one line every this many steps (step, loss, lr, audio s/s, ETA)."""
     slurm_requeue: bool = True
     """Under SLURM: on SIGUSR1 (``#SBATCH --signal=USR1@120``) save last.ckpt and requeue the job."""
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.accumulate_grad_batches < 1:
             raise ValueError("max_steps and accumulate_grad_batches must be >= 1")
+        if self.progress_every_n_steps < 1 or self.log_every_n_steps < 1:
+            raise ValueError("trainer.progress_every_n_steps and log_every_n_steps must be >= 1")
         if self.last_ckpt_every_minutes is not None and self.last_ckpt_every_minutes <= 0:
             raise ValueError("trainer.last_ckpt_every_minutes must be > 0 (or null)")

@@ -52,7 +52,10 @@ def enable_activation_checkpointing(module: torch.nn.Module) -> int:
     for m in module.modules():
         trainable = any(p.requires_grad for p in m.parameters())
         if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and trainable:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             n += 1
         elif not isinstance(m, PreTrainedModel) and hasattr(m, "gradient_checkpointing") and trainable:
             m.gradient_checkpointing = True  # the project's own layer loops (Ark's AudioEncoder)

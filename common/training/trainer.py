@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,7 +12,15 @@ import torch
 
 from common.training.config import TrainerConfig
 from common.training.preemption import AtomicCheckpointIO, PreemptionCheckpoint
+from common.training.progress import GradNormLog, ProgressLines, is_terminal
 from common.training.strategy import enable_activation_checkpointing, make_strategy
+
+_PROJECT_TRIGGERED_WARNINGS = (
+    r".*does not have many workers.*",  # data.num_workers is a config choice (CPU runs use 0 on purpose)
+    r".*is smaller than the logging interval.*",  # tiny CPU runs log every step
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning internals on torch 2.14
+    r".*`is_gradient_checkpointing` is deprecated.*",  # transformers internals, called by peft
+)
 
 
 def build_trainer(
@@ -58,7 +67,15 @@ def build_trainer(
         kw["plugins"].append(SLURMEnvironment(auto_requeue=cfg.slurm_requeue, requeue_signal=signal.SIGUSR1))
     if cfg.activation_checkpointing and cfg.strategy != "fsdp" and module is not None:
         enable_activation_checkpointing(module)
+    for message in _PROJECT_TRIGGERED_WARNINGS:  # decided on purpose here; they would only bury real warnings
+        warnings.filterwarnings("ignore", message=message)
     preempt = PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    watch = [LearningRateMonitor(logging_interval="step"), GradNormLog(cfg.log_every_n_steps)]
+    terminal = is_terminal()
+    if not terminal:
+        watch.append(ProgressLines(cfg.progress_every_n_steps, cfg.max_steps))
     return L.Trainer(
         max_steps=cfg.max_steps,
         max_epochs=-1,
@@ -71,11 +88,11 @@ def build_trainer(
         gradient_clip_val=cfg.gradient_clip_val,
         log_every_n_steps=cfg.log_every_n_steps,
         deterministic=cfg.deterministic,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=cfg.progress_bar and terminal,
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
-        callbacks=[*ckpts, preempt] + list(callbacks or []),
+        callbacks=[*ckpts, preempt, *watch] + list(callbacks or []),
         num_sanity_val_steps=0,
         **kw,
     )

@@ -11,9 +11,9 @@ import torch
 
 class ValidationLog(torch.nn.Module):
     """Validation bookkeeping of both modules: one :class:`~common.metrics.ErrorRate` per dev set (a sub-module, so it
-    follows the device; counts synced across ranks), logged per set as the error rate with its summed counts, and a
-    few samples of the first dev set to TensorBoard - reference, student and teacher transcripts as a text table, and
-    the audio."""
+    follows the device; counts synced across ranks), logged per set as the error rate with its summed counts and the
+    skipped utterances, and a few samples of every dev set to TensorBoard, tagged with the set's name: reference,
+    student and teacher transcripts as a text table, and the audio."""
 
     def __init__(self, dev_names: Sequence[str], n_samples: int = 3) -> None:
         from common.metrics import ErrorRate
@@ -33,12 +33,13 @@ class ValidationLog(torch.nn.Module):
         """Score one batch of dev set ``dataloader_idx`` and keep the first few utterances as samples."""
         self.metrics[dataloader_idx].update(hyps, batch["texts"], batch["languages"])
         self.count_skipped(batch, dataloader_idx)
-        if dataloader_idx != 0 or len(self.samples) >= self.n:
-            return
+        name = self.names[dataloader_idx] if dataloader_idx < len(self.names) else "dev"
+        kept = sum(1 for s in self.samples if s["set"] == name)
         audios = batch.get("audios") or [None] * len(hyps)
         for uid, ref, hyp, lang, audio in zip(batch["ids"], batch["texts"], hyps, batch["languages"], audios):
-            if len(self.samples) < self.n:
-                self.samples.append({"id": uid, "ref": ref, "hyp": hyp, "language": lang, "audio": audio})
+            if kept < self.n:
+                self.samples.append({"set": name, "id": uid, "ref": ref, "hyp": hyp, "language": lang, "audio": audio})
+                kept += 1
 
     def transcribe_samples(self, module: L.LightningModule, teacher: Any) -> None:
         """The teacher's transcripts of the kept samples, for the TensorBoard table: once per utterance (the teacher is
@@ -72,11 +73,15 @@ class ValidationLog(torch.nn.Module):
         tb = getattr(module.logger, "experiment", None)
         if tb is None or not hasattr(tb, "add_text"):
             return
-        rows = ["| utterance | reference | student | teacher |", "|---|---|---|---|"]
-        for s in samples:
-            rows.append(f"| {s['id']} | {s['ref']} | {s['hyp']} | {self.teacher_texts.get(s['id'], '-')} |")
         step = module.global_step
-        tb.add_text(f"val/{self.names[0] if self.names else 'dev'}/samples", "\n".join(rows), step)
-        for i, s in enumerate(samples):
-            if s["audio"] is not None:
-                tb.add_audio(f"val/audio/{i}", torch.as_tensor(s["audio"]).float()[None], step, sample_rate=16000)
+        for name in dict.fromkeys(s["set"] for s in samples):  # every dev set, tagged with its name
+            mine = [s for s in samples if s["set"] == name]
+            rows = ["| utterance | reference | student | teacher |", "|---|---|---|---|"]
+            for s in mine:
+                rows.append(f"| {s['id']} | {s['ref']} | {s['hyp']} | {self.teacher_texts.get(s['id'], '-')} |")
+            tb.add_text(f"val/{name}/samples", "\n".join(rows), step)
+            for i, s in enumerate(mine):
+                if s["audio"] is not None:
+                    tb.add_audio(
+                        f"val/{name}/audio/{i}", torch.as_tensor(s["audio"]).float()[None], step, sample_rate=16000
+                    )
