@@ -66,8 +66,40 @@ class AudioInfo:
         return self.num_frames / self.sample_rate
 
 
+def wav_header_frames(path: str | Path) -> int | None:
+    """The frame count a RIFF/WAVE header declares (its ``data`` chunk size / block align), or None for other formats
+    and streamed WAVs of unknown length. libsndfile reports the frames actually present, so a truncated file would
+    otherwise pass as a shorter, complete one."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                    f.seek(size % 2, 1)
+                elif cid == b"data":
+                    if not block_align or size == 0 or size >= 0xFFFFFFF0:  # streamed: length unknown
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError:
+        return None
+
+
 def audio_info(path: str | Path) -> AudioInfo:
-    """Header information, without decoding the samples."""
+    """Header information, without decoding the samples; a WAV whose header declares more frames than the file holds
+    (truncated: a copy cut short, a full disk) is an :class:`AudioError` naming both counts."""
     p = Path(path)
     if not p.is_file():
         raise AudioError(f"audio file not found: {p}")
@@ -75,6 +107,9 @@ def audio_info(path: str | Path) -> AudioInfo:
         info = sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioError(f"unreadable audio file {p}: {err}") from err
+    declared = wav_header_frames(p) if p.suffix.lower() in (".wav", ".wave") else None
+    if declared is not None and info.frames < declared:
+        raise AudioError(f"truncated audio file {p}: its header declares {declared} frames, it holds {info.frames}")
     return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames))
 
 

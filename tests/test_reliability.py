@@ -308,3 +308,31 @@ def test_cluster_logs_and_tensorboard(tiny_corpus, tmp_path, capsys):
     assert all(k in lines[0] for k in ("| loss ", "| lr ", "audio s/s", "| ETA ")) and "Epoch" not in out
     scalars = read_scalars(tmp_path / "run")
     assert "train/grad_norm" in scalars and any(k.startswith("lr-") for k in scalars)
+
+
+def test_truncated_wav_without_duration_is_flagged(tmp_path, capsys):
+    """A WAV cut short (its header declares more frames than it holds) and no duration in the manifest: flagged by
+    `data validate` (with or without --decode), not scored against its full transcript."""
+    import numpy as np
+    import soundfile as sf
+
+    d = tmp_path / "set"
+    d.mkdir()
+    sf.write(d / "ok.wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    sf.write(
+        d / "full.wav",
+        (np.random.default_rng(0).standard_normal(48000) * 0.1).astype(np.float32),
+        16000,
+        subtype="PCM_16",
+    )
+    data = (d / "full.wav").read_bytes()
+    (d / "cut.wav").write_bytes(data[: len(data) // 2])
+    rows = [
+        {"audio_filepath": "ok.wav", "text": "fine"},
+        {"audio_filepath": "cut.wav", "text": "a much longer sentence"},
+    ]
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for extra in ([], ["--decode"]):
+        assert main(["data", "validate", str(d / "manifest.jsonl"), *extra]) == 1
+        out = capsys.readouterr().out
+        assert "truncated_audio" in out and "declares 48000 frames" in out

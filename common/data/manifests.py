@@ -140,6 +140,7 @@ def _make_cut(
         info = audio_info(path)
     except AudioError as err:
         kind = "missing_audio" if "not found" in str(err) else "unreadable_audio"
+        kind = "truncated_audio" if str(err).startswith("truncated") else kind
         report.problems.append(Problem(source, kind, str(err)))
         return None
     if info.num_frames == 0:
