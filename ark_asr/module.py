@@ -240,6 +240,8 @@ class ArkModule(L.LightningModule):
                 batch["input_features"], batch["feature_lens"], max_new_tokens=self.cfg.decoding.max_new_tokens
             )
         hyps = [self.student.decode(i) for i in out["ids"]]
+        loss, logs = self.ce_step(batch)  # teacher-forced on the references: the dev loss
+        self.val_log.add_loss(loss, logs["target_tokens"], dataloader_idx)
         self.val_log.update(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:

@@ -232,6 +232,10 @@ class AskdModule(L.LightningModule):
             return
         with gathered_params(self.student):
             hyps = WhisperTranscriber(self.student, self.processor).transcribe(batch, self.cfg.decoding)
+        if "labels" in batch:  # teacher-forced CE on the references: the dev loss
+            logits = self._decoder_logits(self.student, self._encode(batch["input_features"]), batch)
+            n = (batch["labels"] != -100).sum()
+            self.val_log.add_loss(cross_entropy(logits, batch["labels"]), n, dataloader_idx)
         self.val_log.update(batch, hyps, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:

@@ -32,7 +32,9 @@ def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[As
         student = build_student(src, cfg.student.n_decoder_layers, cfg.student.freeze_encoder)
         del src
     dm = AudioDataModule(
-        cfg.data, WhisperCollator(teacher.processor), WhisperCollator(teacher.processor, with_labels=False)
+        cfg.data,
+        WhisperCollator(teacher.processor),
+        WhisperCollator(teacher.processor),  # dev batches: labels too
     )
     dm.setup("fit")
     info: dict[str, Any] = {}

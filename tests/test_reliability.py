@@ -301,13 +301,16 @@ def test_cluster_logs_and_tensorboard(tiny_corpus, tmp_path, capsys):
     from ark_asr.run import fit
     from common.runs import read_scalars
 
-    fit(_sft_cfg(tiny_corpus, tmp_path / "run", max_steps=4, progress_every_n_steps=2))
+    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=4, progress_every_n_steps=2, val_every_n_steps=4)
+    cfg.data.dev = [str(tiny_corpus / "en_dev" / "manifest.jsonl")]
+    fit(cfg)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == ["2/4", "4/4"]
     assert all(k in lines[0] for k in ("| loss ", "| lr ", "audio s/s", "| ETA ")) and "Epoch" not in out
     scalars = read_scalars(tmp_path / "run")
     assert "train/grad_norm" in scalars and any(k.startswith("lr-") for k in scalars)
+    assert scalars["val/en_dev/loss"][-1][1] > 0 and "val/en_dev/n_skipped" in scalars  # the dev loss, per set
 
 
 def test_truncated_wav_without_duration_is_flagged(tmp_path, capsys):
@@ -336,3 +339,22 @@ def test_truncated_wav_without_duration_is_flagged(tmp_path, capsys):
         assert main(["data", "validate", str(d / "manifest.jsonl"), *extra]) == 1
         out = capsys.readouterr().out
         assert "truncated_audio" in out and "declares 48000 frames" in out
+
+
+def test_step_checkpoints_kept_and_a_truncated_last_falls_back(tiny_corpus, tmp_path, capsys):
+    """ckpt_every_n_steps with keep_step_ckpts=2 keeps the 2 newest; a truncated last.ckpt resumes from the newest
+    complete step checkpoint, said in one line."""
+    from ark_asr.run import fit
+
+    run = tmp_path / "run"
+    fit(_sft_cfg(tiny_corpus, run, max_steps=4, ckpt_every_n_steps=1, keep_step_ckpts=2))
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000003.ckpt", "step0000004.ckpt"]
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    (run / "summary.json").unlink()
+    capsys.readouterr()
+    assert (
+        fit(_sft_cfg(tiny_corpus, run, max_steps=5, ckpt_every_n_steps=1, keep_step_ckpts=2), resume=True)["steps"] == 5
+    )
+    assert "resuming from step0000004.ckpt" in capsys.readouterr().out

@@ -70,6 +70,8 @@ class TrainerConfig:
     """Validation interval in steps (None: at the end of each epoch)."""
     ckpt_every_n_steps: Optional[int] = None
     """Also keep a checkpoint every n steps (last.ckpt is always kept)."""
+    keep_step_ckpts: Optional[int] = 5
+    """How many of those step checkpoints to keep, the newest (None: all)."""
     last_ckpt_every_minutes: Optional[float] = 30.0
     """Rewrite last.ckpt this often during training (None: only at the end, on a signal and every ckpt_every_n_steps),
     so a crash or Ctrl-C loses at most this much work."""
@@ -89,6 +91,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.accumulate_grad_batches < 1:
             raise ValueError("max_steps and accumulate_grad_batches must be >= 1")
+        if self.keep_step_ckpts is not None and self.keep_step_ckpts < 1:
+            raise ValueError("trainer.keep_step_ckpts must be >= 1 (or null: keep all)")
         if self.progress_every_n_steps < 1 or self.log_every_n_steps < 1:
             raise ValueError("trainer.progress_every_n_steps and log_every_n_steps must be >= 1")
         if self.last_ckpt_every_minutes is not None and self.last_ckpt_every_minutes <= 0:

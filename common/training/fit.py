@@ -17,7 +17,13 @@ import lightning as L
 import torch
 
 from common.training.config import OptimConfig, TrainerConfig
-from common.training.preemption import Preempted, PreemptionCheckpoint, StopAfterSteps, check_checkpoint
+from common.training.preemption import (
+    CheckpointError,
+    Preempted,
+    PreemptionCheckpoint,
+    StopAfterSteps,
+    check_checkpoint,
+)
 from common.training.strategy import TeacherPlacement
 from common.training.trainer import build_trainer
 
@@ -72,7 +78,7 @@ def run_fit(
             stale.unlink(missing_ok=True)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        check_checkpoint(ckpt)  # a truncated last.ckpt: one line, before any model is built
+        ckpt = usable_checkpoint(ckpt)  # a truncated last.ckpt: the newest good step checkpoint, or one line
     if (not resume or not run_dir.exists()) and launch_rank() == 0:
         prepare_run_dir(run_dir, overwrite=overwrite)
     L.seed_everything(cfg.trainer.seed, workers=True)
@@ -224,6 +230,24 @@ def check_resume_config(run_dir: Path, cfg: Any) -> None:
             f"--resume of {run_dir} with a changed config: {diff}{more}; these change what the run computes: use a new "
             "run_dir (or --overwrite to start this one again)"
         )
+
+
+def usable_checkpoint(last: Path) -> Path:
+    """``last.ckpt`` if it is a complete archive; else the newest complete step checkpoint beside it (said in one
+    line); else a one-line :class:`CheckpointError` naming the file."""
+    try:
+        return check_checkpoint(last)
+    except CheckpointError:
+        for step in sorted(last.parent.glob("step*.ckpt"), reverse=True):  # zero-padded step numbers sort by step
+            try:
+                check_checkpoint(step)
+            except CheckpointError:
+                continue
+            print(
+                f"{last} is truncated or corrupt; resuming from {step.name}, the newest complete checkpoint", flush=True
+            )
+            return step
+        raise
 
 
 def last_checkpoint(run_dir: Path) -> Optional[Path]:

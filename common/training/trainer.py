@@ -38,7 +38,9 @@ def build_trainer(
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             save_last=True,
-            save_top_k=-1 if cfg.ckpt_every_n_steps else 0,
+            save_top_k=(cfg.keep_step_ckpts or -1) if cfg.ckpt_every_n_steps else 0,
+            monitor="step" if cfg.ckpt_every_n_steps and cfg.keep_step_ckpts else None,  # keep the newest N
+            mode="max",
             every_n_train_steps=cfg.ckpt_every_n_steps or cfg.max_steps,
             filename="step{step:07d}",
             auto_insert_metric_name=False,

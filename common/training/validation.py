@@ -21,10 +21,18 @@ class ValidationLog(torch.nn.Module):
         super().__init__()
         self.names = list(dev_names)
         self.metrics = torch.nn.ModuleList([ErrorRate() for _ in self.names])
+        from torchmetrics.aggregation import MeanMetric
+
+        # teacher-forced CE on the references, token-weighted (exact over ranks: sums are synced, not means)
+        self.losses = torch.nn.ModuleList([MeanMetric() for _ in self.names])
         self.n = n_samples
         self.samples: list[dict[str, Any]] = []
         self.teacher_texts: dict[str, str] = {}
         self.skipped = [0] * len(self.names)  # dev utterances whose audio could not be read (policy skip)
+
+    def add_loss(self, loss: torch.Tensor, n_tokens: torch.Tensor | float, dataloader_idx: int = 0) -> None:
+        """The mean teacher-forced CE of one dev batch and its number of target tokens."""
+        self.losses[dataloader_idx].update(loss.detach().float(), weight=torch.as_tensor(n_tokens).float())
 
     def count_skipped(self, batch: dict[str, Any], dataloader_idx: int = 0) -> None:
         self.skipped[dataloader_idx] += len(batch.get("skipped") or [])
@@ -57,7 +65,10 @@ class ValidationLog(torch.nn.Module):
 
     def log(self, module: L.LightningModule) -> None:
         """Log each dev set's error rate and counts (summed over ranks) and, on rank 0, the sample table and audio."""
-        for name, m in zip(self.names, self.metrics):
+        for name, m, lm in zip(self.names, self.metrics, self.losses):
+            if lm.update_count:
+                module.log(f"val/{name}/loss", lm.compute())
+            lm.reset()
             r = m.compute()  # counts summed over ranks
             module.log(f"val/{name}/error_rate", r["error_rate"].float())
             for key in ("n_utts", "ref_units", "sub", "del", "ins"):
