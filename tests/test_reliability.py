@@ -353,8 +353,11 @@ def test_step_checkpoints_kept_and_a_truncated_last_falls_back(tiny_corpus, tmp_
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
     (run / "summary.json").unlink()
+    stale = run / "checkpoints" / ".last.ckpt.abc123.tmp"  # what a SIGKILL mid-save leaves
+    stale.write_bytes(b"x" * 1000)
     capsys.readouterr()
     assert (
         fit(_sft_cfg(tiny_corpus, run, max_steps=5, ckpt_every_n_steps=1, keep_step_ckpts=2), resume=True)["steps"] == 5
     )
     assert "resuming from step0000004.ckpt" in capsys.readouterr().out
+    assert not stale.exists()
