@@ -122,3 +122,7 @@ class ArkConfig:
     def __post_init__(self) -> None:
         if self.stage == "td" and not self.teacher_cache:
             raise ValueError("teacher_cache: stage td trains on teacher transcripts from a teacher cache")
+        if self.data.train_audio_only and self.stage == "sft":
+            raise ValueError("data.train_audio_only: stage sft trains on references; audio-only data is for td and opd")
+        if self.data.train_audio_only and self.stage == "td" and self.td_max_wer is not None:
+            raise ValueError("td_max_wer: audio-only training data has no references to filter teacher transcripts by")

@@ -493,3 +493,42 @@ def test_paper_scale_sft_and_opd_steps_bf16_cpu(real_speech, tmp_path):
         assert grads and all(torch.isfinite(g).all() for g in grads), step.__name__
         module.student.zero_grad(set_to_none=True)
     assert 32 <= logs["vuss"].item() <= 64
+
+
+def test_audio_only_data_trains_td_and_opd_without_references(tiny_corpus, tmp_path, teacher):
+    """Untranscribed audio (a manifest without `text`): the teacher cache transcribes it, TD trains on those
+    transcripts and OPD on rollouts; no reference is ever read (batch texts are empty, even where a row has one)."""
+    import json
+
+    from ark_asr.run import build, fit
+    from common.teachers.cache import CacheConfig, build_cache
+
+    rows = [json.loads(line) for line in (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()]
+    d = tmp_path / "untranscribed"
+    d.mkdir()
+    for r in rows:
+        r["audio_filepath"] = str((tiny_corpus / "en_train" / r["audio_filepath"]).resolve())
+    for r in rows[1:]:  # row 0 keeps its transcript: audio-only loading must drop it too
+        r.pop("text")
+    man = str(d / "manifest.jsonl")
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    build_cache(
+        CacheConfig(manifest=man, out_dir=str(cache), top_k=4, max_new_tokens=20, audio_only=True),
+        teacher=teacher,
+        progress=False,
+    )
+    audio = {"train": [man], "train_audio_only": True}
+    module, dm, _ = build(_ark_cfg(tiny_corpus, "/tmp/unused", "opd", data=audio), teacher)
+    assert all(t == "" for b, _ in zip(dm.train_dataloader(), range(3)) for t in b["texts"])
+    td = fit(_ark_cfg(tiny_corpus, tmp_path / "td", "td", teacher_cache=str(cache), data=audio))
+    assert td["teacher_labels"]["kept"] > 0
+    opd = fit(
+        _ark_cfg(tiny_corpus, tmp_path / "opd", "opd", data=audio, model={"init_from": str(tmp_path / "td")}),
+        teacher=teacher,
+    )
+    assert opd["steps"] == 3
+    with pytest.raises(ValueError, match="audio-only data is for td and opd"):
+        _ark_cfg(tiny_corpus, "/tmp/unused", "sft", data=audio)
+    with pytest.raises(ValueError, match="no references to filter"):
+        _ark_cfg(tiny_corpus, "/tmp/unused", "td", teacher_cache=str(cache), td_max_wer=0.2, data=audio)

@@ -42,6 +42,9 @@ class DataConfig:
     """Validation manifests; each is a set named after its parent folder."""
     test: list[str] = field(default_factory=list)
     """Test manifests; each is a set named after its parent folder."""
+    train_audio_only: bool = False
+    """The training manifests are audio only (JSONL rows need no transcript; any transcript is dropped): for stages
+    that never read references (Ark-ASR TD with teacher transcripts, OPD). Dev and test sets keep their references."""
     batch_seconds: float = 120.0
     """Global seconds of audio per batch (divided by the world size per rank)."""
     max_cuts: Optional[int] = None
@@ -179,10 +182,10 @@ class AudioDataModule(L.LightningDataModule):
         }
 
     # -- loading --------------------------------------------------------------------------------
-    def _load(self, specs: Sequence[str]) -> dict[str, CutSet]:
+    def _load(self, specs: Sequence[str], audio_only: bool = False) -> dict[str, CutSet]:
         out: dict[str, CutSet] = {}
         for spec in specs:
-            cuts, report = load_manifest(spec, self.cfg.bad_sample_policy)
+            cuts, report = load_manifest(spec, self.cfg.bad_sample_policy, audio_only=audio_only)
             self.reports.append(report)
             name = set_name(spec)
             if name in out:
@@ -192,7 +195,7 @@ class AudioDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_cuts is None and self.cfg.train:
-            train = list(self._load(self.cfg.train).values())
+            train = list(self._load(self.cfg.train, audio_only=self.cfg.train_audio_only).values())
             cuts = train[0] if len(train) == 1 else CutSet.from_cuts(c for cs in train for c in cs)
             lo, hi = self.cfg.min_duration, self.cfg.max_duration
             n_before = len(cuts)

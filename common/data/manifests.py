@@ -216,7 +216,9 @@ def _iter_lines(path: Path) -> Iterable[tuple[int, bytes]]:
                 yield lineno, raw
 
 
-def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[CutSet, ValidationReport]:
+def from_jsonl(
+    path: str | Path, policy: BadSamplePolicy = "error", audio_only: bool = False
+) -> tuple[CutSet, ValidationReport]:
     """NeMo-style JSONL manifest (see module doc)."""
     path = Path(path)
     if not path.is_file():
@@ -239,7 +241,8 @@ def from_jsonl(path: str | Path, policy: BadSamplePolicy = "error") -> tuple[Cut
         if not isinstance(row, dict) or "audio_filepath" not in row:
             report.problems.append(Problem(src, "bad_json", "row has no 'audio_filepath'"))
             continue
-        text = _check_text(row.get("text"), src, report)
+        # audio only: the transcript is never read (TD and OPD on untranscribed audio), whether the row has one or not
+        text = "" if audio_only else _check_text(row.get("text"), src, report)
         if text is None:
             continue
         language = normalise_language(row.get("language"), text)
@@ -460,10 +463,16 @@ def from_hf_dataset(
 
 
 def load_manifest(
-    spec: str | Path, policy: BadSamplePolicy = "error", cache_dir: str | Path | None = None
+    spec: str | Path, policy: BadSamplePolicy = "error", cache_dir: str | Path | None = None, audio_only: bool = False
 ) -> tuple[CutSet, ValidationReport]:
-    """Read any supported manifest (format chosen from ``spec``); see the module doc."""
+    """Read any supported manifest (format chosen from ``spec``); see the module doc. ``audio_only`` (JSONL manifests):
+    rows need no transcript and any transcript is dropped (every cut's text is empty)."""
     s = str(spec)
+    if audio_only:
+        p = Path(s) / "manifest.jsonl" if Path(s).is_dir() else Path(s)
+        if not p.is_file() or _looks_like_lhotse(p):
+            raise ManifestError(f"{spec}: audio-only training data must be a JSONL manifest (audio_filepath per row)")
+        return from_jsonl(p, policy, audio_only=True)
     if s.startswith("shar:"):
         return from_shar(s[len("shar:") :], policy)
     if s.startswith("hf:"):

@@ -68,6 +68,9 @@ class CacheConfig:
     """Generation length limit."""
     bad_sample_policy: Literal["error", "skip"] = "error"
     """Manifest validation policy."""
+    audio_only: bool = False
+    """The manifests are audio only (no references): transcripts are generated, nothing is scored against a reference
+    (for Ark-ASR TD on untranscribed audio; the top-k at reference positions is then only the stop position)."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.shard_size < 1 or self.batch_size < 1:
@@ -133,7 +136,7 @@ def build_cache(
     from tqdm import tqdm
 
     out = Path(cfg.out_dir)
-    cuts = [c for m in cfg.manifests for c in load_manifest(m, cfg.bad_sample_policy)[0]]
+    cuts = [c for m in cfg.manifests for c in load_manifest(m, cfg.bad_sample_policy, audio_only=cfg.audio_only)[0]]
     teacher = teacher or build_teacher(cfg.teacher)
     stamp = make_stamp(cfg, teacher)
     index: dict[str, Any] = {"stamp": stamp, "shards": [], "complete": False}
@@ -196,8 +199,10 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
             lengths.append(n)
             u: dict[str, Any] = {"id": c.id, "ref": ref, "language": lang}
             if gen is not None:
-                s = score_utterance(ref, gen.texts[i], lang)
-                u.update(hyp=gen.texts[i], hyp_ids=gen.token_ids[i], errors=s.errors, ref_units=s.ref_units)
+                u.update(hyp=gen.texts[i], hyp_ids=gen.token_ids[i], errors=None, ref_units=None)
+                if ref:  # audio-only manifests have no reference to score the transcript against
+                    s = score_utterance(ref, gen.texts[i], lang)
+                    u.update(errors=s.errors, ref_units=s.ref_units)
             utts.append(u)
     tensors = {k: torch.cat(v) for k, v in parts.items()}
     tensors["offsets"] = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
@@ -216,8 +221,9 @@ def _summary(out: Path, index: dict[str, Any]) -> dict[str, Any]:
     for s in index["shards"]:
         utts = _shard_utts(out / s["file"])
         n += len(utts)
-        if utts and "hyp" in utts[0]:
-            metric.update([u["hyp"] for u in utts], [u["ref"] for u in utts], [u["language"] for u in utts])
+        scored = [u for u in utts if u.get("errors") is not None]
+        if scored:
+            metric.update([u["hyp"] for u in scored], [u["ref"] for u in scored], [u["language"] for u in scored])
     res = {k: v.item() for k, v in metric.compute().items()} if metric.n_utts > 0 else {}
     return {"n_utts": n, "teacher_error_rate": res.get("error_rate"), "teacher_ref_units": res.get("ref_units")}
 
