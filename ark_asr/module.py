@@ -167,14 +167,18 @@ class ArkModule(L.LightningModule):
         the rollout; other rows (re-tokenised, cut, or the reference) take it from the re-scored logits."""
         s, k = self.student, self.cfg.opd.top_k
         T = tgt.shape[1]
-        blocked = s.control_ids.to(hidden.device)
-        S = torch.empty((tgt.shape[0], T, k), dtype=torch.long, device=hidden.device)
-        for t in range(T):  # (B, V) at a time: never a (B, T, V) tensor
-            z = s.lm_head()(hidden[:, t].detach()).float()
-            S[:, t] = z.index_fill(-1, blocked, float("-inf")).topk(k, -1).indices
+        S = torch.zeros((tgt.shape[0], T, k), dtype=torch.long, device=hidden.device)  # padding: masked out
+        rescore = []
         for i, (ids, st, rec) in enumerate(zip(roll["ids"], roll["stopped"], roll["topk"])):
             if list(ids) + ([s.stop_id] if st else []) == list(s_targets[i]) and len(rec) == len(s_targets[i]):
                 S[i, : len(rec)] = rec.to(S.device)
+            else:
+                rescore.append(i)
+        if rescore:  # only these rows are projected again, (rows, V) at a time: never a (B, T, V) tensor
+            rows, blocked = torch.tensor(rescore, device=hidden.device), s.control_ids.to(hidden.device)
+            for t in range(T):
+                z = s.lm_head()(hidden[rows, t].detach()).float()
+                S[rows, t] = z.index_fill(-1, blocked, float("-inf")).topk(k, -1).indices
         has = (S == tgt[..., None]).any(-1)
         S[..., -1] = torch.where(has, S[..., -1], tgt)
         return S

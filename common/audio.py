@@ -8,8 +8,6 @@ reads WAV, FLAC, OGG/Vorbis/Opus and MP3. torchaudio is imported in one place, :
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,18 +158,8 @@ def as_numpy(audios) -> list[np.ndarray]:
 
 
 def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = TARGET_SR) -> None:
-    """Write 16-bit FLAC through a temporary file (atomic)."""
+    """Write 16-bit FLAC atomically (:func:`common.io.atomic_open`)."""
+    from common.io import atomic_open
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    from common.io import default_file_mode
-
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".flac")
-    os.fchmod(fd, default_file_mode())
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(Path(path), suffix=".flac") as f:
+        sf.write(f, np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")

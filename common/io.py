@@ -7,13 +7,15 @@ unless the caller asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SUMMARY = "summary.json"
 
@@ -25,22 +27,31 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and ``os.replace``; the file gets
-    the mode any new file would (the umask is respected, so collaborators can read results)."""
+@contextlib.contextmanager
+def atomic_open(path: Path, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only when the block completes: written to a temporary file in the same
+    folder (same filesystem, so the rename is atomic), fsynced, then renamed over ``path``. On any failure the
+    temporary file is removed and ``path`` keeps its previous content. The file gets the mode any new file would (the
+    umask is respected, so collaborators can read results)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, default_file_mode())
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

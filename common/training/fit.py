@@ -127,7 +127,7 @@ def run_fit(
         "torch_threads": torch.get_num_threads(),
         "world_size": world,
         "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "data_skipped": dm.skip_report() if hasattr(dm, "skip_report") else {},
+        "data_skipped": dm.skip_report(),
         **info,
     }
     if cfg.data.test:

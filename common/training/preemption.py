@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,26 +34,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         import torch
 
-        from common.io import default_file_mode
+        from common.io import atomic_open
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, default_file_mode())
-            with os.fdopen(fd, "wb") as f:
+            with atomic_open(Path(path)) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as err:
-            Path(tmp).unlink(missing_ok=True)
             raise CheckpointError(
                 f"could not write checkpoint {path} ({err.strerror or err}); the previous one is kept"
             ) from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def check_checkpoint(path: Path) -> Path:
