@@ -75,6 +75,11 @@ class OPDConfig:
     """Sampling temperature (rollout=sample)."""
     max_new_tokens: int = 64
     """Rollout length limit."""
+    teacher_encoder_cache_mb: float = 0.0
+    """Keep the frozen teacher's encoder states of each training utterance (by id) in memory, up to this many MB, and
+    reuse them in later epochs: a Whisper teacher encodes 30 s of padded audio per utterance, most of an OPD step's
+    cost on a small corpus. Exact (the teacher is frozen and its encoder sees only the audio). 0: off. Needs a teacher
+    with ``encode`` (Whisper)."""
     dump_every: int = 50
     """Every this many steps (and at step 1), rank 0 writes the batch's per-position diagnostics - |U_t|, |S_t ∩ K_t|,
     teacher mass on S ∩ K, per-token KL, tokens - to RUN/diagnostics/opd_stepNNNNNNN.npz (0: never)."""
@@ -82,6 +87,8 @@ class OPDConfig:
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.tau <= 0 or self.max_new_tokens < 1:
             raise ValueError("need top_k >= 1, tau > 0, max_new_tokens >= 1")
+        if self.teacher_encoder_cache_mb < 0:
+            raise ValueError("opd.teacher_encoder_cache_mb must be >= 0")
 
 
 @dataclass

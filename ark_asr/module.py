@@ -51,6 +51,10 @@ class ArkModule(L.LightningModule):
         self.val_log = ValidationLog(self.dev_names)
         if cfg.stage == "opd" and (teacher is None or token_map is None):
             raise ValueError("stage opd needs a teacher and a token map")
+        if cfg.stage == "opd" and cfg.opd.teacher_encoder_cache_mb and not hasattr(teacher, "encode"):
+            raise ValueError(f"opd.teacher_encoder_cache_mb: the {type(teacher).__name__} teacher has no encode()")
+        self._enc_cache: dict[str, torch.Tensor] = {}  # utterance id -> teacher encoder states (opd)
+        self._enc_cache_bytes = 0
 
     # -- stages ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
@@ -80,9 +84,14 @@ class ArkModule(L.LightningModule):
         t1 = time.perf_counter()
         # 3. the teacher scores the text teacher-forced in its own tokenisation (control tokens masked out)
         t_targets, langs = self.teacher_targets(texts, stopped, batch)
-        sc = self.teacher.score(
-            self.teacher.prepare(batch["audios"], langs), t_targets, top_k=o.top_k, block_control=True
-        )
+        if o.teacher_encoder_cache_mb:
+            enc, hits = self.teacher_encoder_states(batch, langs)
+            sc = self.teacher.score({"languages": langs}, t_targets, top_k=o.top_k, block_control=True, encoder_out=enc)
+        else:
+            hits = 0
+            sc = self.teacher.score(
+                self.teacher.prepare(batch["audios"], langs), t_targets, top_k=o.top_k, block_control=True
+            )
         # 4. the same tokens in the student vocabulary; a token without counterpart ends the usable prefix
         s_targets, n_cut = [], 0
         for t in t_targets:
@@ -123,6 +132,7 @@ class ArkModule(L.LightningModule):
             stopped_ratio=float(sum(roll["stopped"])) / len(texts),
             retok_mismatch=(1.0 - sum(same) / len(same)) if same else 0.0,
             unmapped_cut=float(n_cut),
+            teacher_encoder_cache_hits=float(hits),
         )
         return loss, logs
 
@@ -145,6 +155,27 @@ class ArkModule(L.LightningModule):
         texts = [r if e else t for t, r, e in zip(texts, batch["texts"], empty)]
         stopped = [e or st for e, st in zip(empty, roll["stopped"])]
         return roll, texts, empty, stopped
+
+    @torch.no_grad()
+    def teacher_encoder_states(self, batch: dict[str, Any], langs: list[str]) -> tuple[torch.Tensor, int]:
+        """The teacher's encoder states of the batch, (B, frames, d): utterances seen in an earlier step come from the
+        in-memory cache (``opd.teacher_encoder_cache_mb``), the others are encoded now and kept while the cache has
+        room. Returns the states and the number of cache hits."""
+        ids = batch["ids"]
+        missing = [i for i, u in enumerate(ids) if u not in self._enc_cache]
+        fresh = {}
+        if missing:
+            prep = self.teacher.prepare([batch["audios"][i] for i in missing], [langs[i] for i in missing])
+            enc = self.teacher.encode(prep)
+            limit = self.cfg.opd.teacher_encoder_cache_mb * 2**20
+            for j, i in enumerate(missing):
+                fresh[ids[i]] = enc[j]
+                nbytes = enc[j].numel() * enc[j].element_size()
+                if self._enc_cache_bytes + nbytes <= limit:
+                    self._enc_cache[ids[i]] = enc[j].clone()
+                    self._enc_cache_bytes += nbytes
+        states = torch.stack([fresh[u] if u in fresh else self._enc_cache[u] for u in ids])
+        return states, len(ids) - len(missing)
 
     def teacher_targets(self, texts: list[str], stopped: list[bool], batch: dict[str, Any]):
         """Teacher target ids of each text, with the teacher's stop token only where the student stopped (a rollout cut

@@ -532,3 +532,30 @@ def test_audio_only_data_trains_td_and_opd_without_references(tiny_corpus, tmp_p
         _ark_cfg(tiny_corpus, "/tmp/unused", "sft", data=audio)
     with pytest.raises(ValueError, match="no references to filter"):
         _ark_cfg(tiny_corpus, "/tmp/unused", "td", teacher_cache=str(cache), td_max_wer=0.2, data=audio)
+
+
+def test_opd_teacher_encoder_cache_is_exact_and_bounded(tiny_corpus, teacher):
+    """opd.teacher_encoder_cache_mb: the teacher's encoder states are computed once per utterance and reused; the
+    step's loss and gradients equal those of the uncached step, and the cache never grows past its budget."""
+    cached, batch = _opd_module(tiny_corpus, teacher, opd={"teacher_encoder_cache_mb": 100})
+    plain, _ = _opd_module(tiny_corpus, teacher)
+    plain.student.load_state_dict(cached.student.state_dict())
+    n = len(batch["ids"])
+    results = []
+    for module, expect_hits in ((plain, [0, 0]), (cached, [0, n])):
+        for hits in expect_hits:  # the second step reads every utterance's states from the cache
+            module.student.zero_grad()
+            loss, logs = module.opd_step(batch)
+            loss.backward()
+            assert logs["teacher_encoder_cache_hits"] == hits
+        results.append((loss.detach(), [p.grad.clone() for p in module.student.parameters() if p.grad is not None]))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert set(cached._enc_cache) == set(batch["ids"])
+    assert cached._enc_cache_bytes == sum(t.numel() * t.element_size() for t in cached._enc_cache.values())
+    small, _ = _opd_module(tiny_corpus, teacher, opd={"teacher_encoder_cache_mb": 1.0})  # room for no 30 s state
+    loss, logs = small.opd_step(batch)
+    assert not small._enc_cache and torch.isfinite(loss)
+    assert small.opd_step(batch)[1]["teacher_encoder_cache_hits"] == 0
