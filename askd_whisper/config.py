@@ -135,6 +135,12 @@ class AskdConfig:
             raise ValueError("teacher.kind: ASKD-Whisper distils a Whisper teacher")
         if self.teacher_source == "cache" and self.labels == "pseudo":
             raise ValueError("teacher_source=cache scores the references; with labels=pseudo use teacher_source=online")
+        if self.data.train_audio_only and self.labels != "pseudo":
+            raise ValueError("data.train_audio_only: audio-only training needs labels=pseudo (teacher transcripts)")
+        if self.data.train_audio_only and self.pseudo_label_max_wer is not None:
+            raise ValueError(
+                "pseudo_label_max_wer: audio-only training data has no references to filter teacher transcripts by"
+            )
         if (self.teacher_source == "cache" or self.labels == "pseudo") and not self.teacher_cache:
             raise ValueError(
                 "teacher_cache: a teacher cache directory is needed for teacher_source=cache or labels=pseudo"

@@ -1,13 +1,18 @@
 """``make demo`` / ``asr-distill demo``: both methods end to end on the embedded default, on a CPU.
 
-Stages (``configs/demo/``; each is a run directory under ``--out`` and is reused when finished, so a second run only
-rebuilds the tables):
- 1. corpus: English espeak-ng speech, 400 train / 100 test utterances (cached by its arguments);
- 2. teacher: the bundled real Whisper tiny.en evaluated on the test set;
- 3. teacher cache: tiny.en's transcripts + top-k on the train set (Distil-Whisper pseudo-labels, Ark TD labels);
- 4. ASKD-Whisper: 2-decoder-layer students of tiny.en - CE only, Distil-Whisper-style, ASKD; teacher/student latency;
- 5. Ark-ASR: Ark-Base (SFT), + OPD, + TD, + TD + OPD, with tiny.en as the OPD teacher;
- 6. the two tables (95 % bootstrap intervals), printed and written to OUT/results.md (+ results.tex).
+The papers' premise in miniature: a teacher much stronger than the student where it teaches, a student with few
+transcripts, and audio without transcripts that only the teacher can label. Stages (``configs/demo/``; each is a run
+directory under ``--out`` and is reused when finished, so a second run only rebuilds the tables):
+ 1. corpus: English espeak-ng speech, 900 train / 300 test utterances (cached by its arguments), the train pool split
+    into 400 labelled utterances, 250 audio-only utterances for teacher labels (TD, ASKD pseudo-labels) and 250
+    audio-only utterances for OPD; plus the 40 real English clips of ``../shared/data/real_speech`` when present;
+ 2. teacher: the bundled real Whisper tiny.en fine-tuned on the whole pool with its transcripts (as Qwen3-ASR saw far
+    more transcribed audio than Ark), scored in-domain and on the real clips, exported as a Hugging Face directory;
+ 3. teacher cache: its transcripts on the TD part (TD labels, ASKD pseudo-labels);
+ 4. Ark-ASR: Ark-Base (SFT on the labelled part), + TD, + OPD, + TD + OPD, with the adapted teacher;
+ 5. ASKD-Whisper: 2-decoder-layer students of the teacher - CE only, Distil-Whisper-style, ASKD; latency;
+ 6. ``results.json`` (rows with 95 % bootstrap intervals, paired comparisons, OPD diagnostics, timings), rendered to
+    ``results.md`` and ``results.tex``.
 
 This is an entry point like ``common.cli``: it reaches both methods through the registry (``common.registry``).
 """
@@ -52,8 +57,8 @@ def _fit(config: str, overrides: list[str]) -> dict:
     return fit_experiment(CONFIGS / config, overrides, resume=True)
 
 
-def _latency(test_manifest: str) -> dict:
-    """tiny.en (4 decoder layers) vs its 2-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
+def _latency(teacher_path: str, test_manifest: str) -> dict:
+    """The teacher (4 decoder layers) vs its 2-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
     import torch
 
     from common import registry
@@ -62,7 +67,7 @@ def _latency(test_manifest: str) -> dict:
     from common.latency import measure
     from common.whisper import load_whisper
 
-    teacher, proc = load_whisper("bundled:tiny.en")
+    teacher, proc = load_whisper(teacher_path)
     student = registry.get("askd_whisper").build_student(teacher, 2).eval()
     cut = next(iter(load_manifest(test_manifest)[0]))
     feats = proc.feature_extractor(cut_audio(cut), sampling_rate=16000, return_tensors="pt").input_features
@@ -75,6 +80,34 @@ def _latency(test_manifest: str) -> dict:
         "audio_seconds": cut.duration,
         "threads": torch.get_num_threads(),
     }
+
+
+def _export_teacher(run_dir: Path, out: Path) -> None:
+    """The adapted teacher's final checkpoint as a Hugging Face Whisper directory, written whole or not at all."""
+    import shutil
+
+    from common import registry
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    registry.get("askd_whisper").export(run_dir / "checkpoints" / "last.ckpt", tmp)
+    tmp.rename(out)
+
+
+def shared_real_speech() -> Path:
+    """``../shared/data/real_speech`` beside the checkout (``ASR_DISTILL_SHARED`` overrides ``../shared``)."""
+    import os
+
+    root = Path(os.environ.get("ASR_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    return root / "data" / "real_speech"
+
+
+# the train pool's parts: (name, rows of en_train, audio only)
+SPLITS = [
+    ("en_labelled", slice(0, 400), False),  # Ark-Base SFT
+    ("en_audio_td", slice(400, 650), True),  # teacher transcripts: TD, ASKD pseudo-labels
+    ("en_audio_opd", slice(650, 900), True),  # OPD rollouts
+]
 
 
 # run directory -> the system names of results.json (scripts read these names)
@@ -110,16 +143,22 @@ def _opd_diagnostics(run_dir: Path) -> dict:
         sc = read_scalars(run_dir, "train/")
     except RunError:
         return {}
-    vals = {k: [v for _, v in sc.get(f"train/{k}", [])] for k in ("vuss", "overlap_ratio", "teacher_mass_overlap")}
+    keys = ("vuss", "overlap_ratio", "teacher_mass_overlap", "opd_loss", "rollout_len", "empty_rollouts")
+    vals = {k: [v for _, v in sc.get(f"train/{k}", [])] for k in keys}
     if not vals["vuss"]:
         return {}
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    kl, q = vals["opd_loss"], max(1, len(vals["opd_loss"]) // 5)
     return {
         "vuss_mean": mean(vals["vuss"]),
         "vuss_min": round(min(vals["vuss"]), 4),
         "vuss_max": round(max(vals["vuss"]), 4),
         "overlap_ratio_mean": mean(vals["overlap_ratio"]),
         "teacher_mass_overlap_mean": mean(vals["teacher_mass_overlap"]),
+        "kl_first_fifth": mean(kl[:q]),  # the per-position KL toward the teacher at the start and end of the run
+        "kl_last_fifth": mean(kl[-q:]),
+        "rollout_len_mean": mean(vals["rollout_len"]),
+        "empty_rollouts_mean": mean(vals["empty_rollouts"]),
         "steps_logged": len(vals["vuss"]),
     }
 
@@ -198,8 +237,8 @@ def _comparisons_md(results: dict) -> str:
         )
     lines += [
         "\n## OPD diagnostics (training-time means over the logged steps)\n",
-        "| OPD from | VUSS mean [min, max] | overlap |S ∩ K| / k | teacher mass on S ∩ K |",
-        "|---|---|---|---|",
+        "| OPD from | VUSS mean [min, max] | overlap |S ∩ K| / k | teacher mass on S ∩ K | KL first -> last fifth |",
+        "|---|---|---|---|---|",
     ]
     for name, d in (
         ("Ark-Base", results["diagnostics"]["opd_from_base"]),
@@ -208,15 +247,16 @@ def _comparisons_md(results: dict) -> str:
         if d:
             lines.append(
                 f"| {name} | {d['vuss_mean']:.2f} [{d['vuss_min']:.2f}, {d['vuss_max']:.2f}] | "
-                f"{d['overlap_ratio_mean']:.3f} | {d['teacher_mass_overlap_mean']:.3f} |"
+                f"{d['overlap_ratio_mean']:.3f} | {d['teacher_mass_overlap_mean']:.3f} | "
+                f"{d['kl_first_fifth']:.3f} -> {d['kl_last_fifth']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print) -> str:
     from common.config import load
+    from common.data.manifests import write_jsonl_subset
     from common.data.synth import SynthConfig, synthesize_corpus
-    from common.evaluate import DecodeConfig, EvalConfig, run_evaluation
     from common.table import build_table, run_row, to_latex, to_markdown
     from common.teachers.cache import CacheConfig, build_cache
 
@@ -231,61 +271,89 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
         False,
         lambda: corpus.append(synthesize_corpus(load(SynthConfig, CONFIGS / "synth.yaml", [f"out_dir={corpus_dir}"]))),
     )
-    train, test = (str(corpus[0] / s / "manifest.jsonl") for s in ("en_train", "en_test"))
-    data = [f"data.train=[{train}]", f"data.test=[{test}]"]
-
-    teacher_dir = out / "teacher_tiny.en"
-    st.run(
-        "teacher: Whisper tiny.en on the test set",
-        is_complete(teacher_dir),
-        lambda: run_evaluation(
-            EvalConfig(
-                out_dir=str(teacher_dir), model="bundled:tiny.en", sets=[test], decoding=DecodeConfig(max_new_tokens=48)
-            ),
-            overwrite=True,
-        ),
+    pool = str(corpus[0] / "en_train" / "manifest.jsonl")
+    parts = {name: out / "data" / name / "manifest.jsonl" for name, _, _ in SPLITS}
+    for name, rows, audio_only in SPLITS:  # cheap: rewritten every run, identical when the corpus is
+        write_jsonl_subset(pool, parts[name], rows=rows, audio_only=audio_only)
+    test = str(
+        write_jsonl_subset(corpus[0] / "en_test" / "manifest.jsonl", out / "data" / "en_test" / "manifest.jsonl")
     )
+    tests = [test]
+    real = shared_real_speech() / "manifest.jsonl"
+    if real.is_file():
+        tests.append(str(write_jsonl_subset(real, out / "data" / "real_en" / "manifest.jsonl", language="en")))
+    else:
+        log(f"[demo] {real} not found: no real_en column (the real English clips live in ../shared)")
+    test_sets = f"data.test=[{','.join(tests)}]"
+
+    # -- the teacher: tiny.en adapted to the domain on the whole pool ----------------------------------------------
+    teacher_run, teacher_model = out / "teacher_adapt", out / "teacher_model"
+    st.run(
+        "teacher: tiny.en fine-tuned on the whole training pool",
+        is_complete(teacher_run),
+        lambda: _fit("teacher_adapt.yaml", [f"data.train=[{pool}]", test_sets, f"run_dir={teacher_run}"]),
+    )
+    st.run("teacher: export", teacher_model.is_dir(), lambda: _export_teacher(teacher_run, teacher_model))
+    teacher = [f"teacher.name_or_path={teacher_model}"]
     cache = out / "teacher_cache"
     cache_done = (cache / "index.json").is_file() and json.loads((cache / "index.json").read_text()).get(
         "complete", False
     )
     st.run(
-        "teacher cache (tiny.en transcripts + top-8 on the train set)",
+        "teacher cache (the teacher's transcripts + top-8 on the TD part)",
         cache_done,
         lambda: build_cache(
-            load(CacheConfig, CONFIGS / "teacher_cache.yaml", [f"manifest={train}", f"out_dir={cache}"])
+            load(
+                CacheConfig,
+                CONFIGS / "teacher_cache.yaml",
+                [f"manifest={parts['en_audio_td']}", f"out_dir={cache}", f"teacher.name_or_path={teacher_model}"],
+            )
         ),
     )
 
-    askd = {"ce_only": "student, CE only", "distil_whisper": "student, Distil-Whisper-style", "askd": "student, ASKD"}
-    for name in askd:
-        extra = [f"teacher_cache={cache}"] if name == "distil_whisper" else []
-        st.run(
-            f"ASKD-Whisper: {askd[name]}",
-            is_complete(out / f"askd_{name}"),
-            lambda n=name, e=extra: _fit(f"askd_{n}.yaml", data + e + [f"run_dir={out / f'askd_{n}'}"]),
-        )
-    lat_file = out / "latency.json"
-    st.run(
-        "ASKD-Whisper: teacher/student latency", lat_file.is_file(), lambda: atomic_write_json(lat_file, _latency(test))
-    )
-
+    # -- Ark-ASR: SFT on the labelled part, TD and OPD on audio only -------------------------------------------------
+    base, td = out / "ark_base_sft", out / "ark_base_td"
+    opd_data = f"data.train=[{parts['en_audio_opd']}]"
     ark = [
-        ("ark_base_sft", "ark_sft.yaml", []),
-        ("ark_base_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_sft'}"]),
-        ("ark_base_td", "ark_td.yaml", [f"model.init_from={out / 'ark_base_sft'}", f"teacher_cache={cache}"]),
-        ("ark_base_td_opd", "ark_opd.yaml", [f"model.init_from={out / 'ark_base_td'}"]),
+        ("ark_base_sft", "ark_sft.yaml", [f"data.train=[{parts['en_labelled']}]"]),
+        (
+            "ark_base_td",
+            "ark_td.yaml",
+            [f"data.train=[{parts['en_audio_td']}]", f"model.init_from={base}", f"teacher_cache={cache}"],
+        ),
+        ("ark_base_opd", "ark_opd.yaml", [opd_data, f"model.init_from={base}", *teacher]),
+        ("ark_base_td_opd", "ark_opd.yaml", [opd_data, f"model.init_from={td}", *teacher]),
     ]
     for run, config, extra in ark:
         st.run(
             f"Ark-ASR: {run}",
             is_complete(out / run),
-            lambda r=run, c=config, e=extra: _fit(c, data + e + [f"run_dir={out / r}"]),
+            lambda r=run, c=config, e=extra: _fit(c, e + [f"data.test=[{test}]", f"run_dir={out / r}"]),
         )
 
-    # -- tables ---------------------------------------------------------------------------------------
+    # -- ASKD-Whisper: 2-layer students of the teacher on its transcripts of the TD part ----------------------------
+    askd = {"ce_only": "student, CE only", "distil_whisper": "student, Distil-Whisper-style", "askd": "student, ASKD"}
+    for name in askd:
+        st.run(
+            f"ASKD-Whisper: {askd[name]}",
+            is_complete(out / f"askd_{name}"),
+            lambda n=name: _fit(
+                f"askd_{n}.yaml",
+                [f"data.train=[{parts['en_audio_td']}]", test_sets, f"teacher_cache={cache}", *teacher]
+                + [f"run_dir={out / f'askd_{n}'}"],
+            ),
+        )
+    lat_file = out / "latency.json"
+    st.run(
+        "ASKD-Whisper: teacher/student latency",
+        lat_file.is_file(),
+        lambda: atomic_write_json(lat_file, _latency(str(teacher_model), test)),
+    )
+
+    # -- tables --------------------------------------------------------------------------------------------------
     lat = json.loads(lat_file.read_text())
-    rows_a = [run_row(teacher_dir, "teacher: Whisper tiny.en")]
+    teacher_label = "teacher: tiny.en adapted"
+    rows_a = [run_row(teacher_run, teacher_label)]
     rows_a[0].extra = {"decoder layers": "4", "speed-up vs teacher": "1.00x"}
     for name, label in askd.items():
         r = run_row(out / f"askd_{name}", label)
@@ -293,32 +361,32 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
         rows_a.append(r)
     labels = {
         "ark_base_sft": "Ark-Base (SFT)",
-        "ark_base_opd": "Ark-Base + OPD",
         "ark_base_td": "Ark-Base + TD",
+        "ark_base_opd": "Ark-Base + OPD",
         "ark_base_td_opd": "Ark-Base + TD + OPD",
     }
-    rows_b = [run_row(out / run, labels[run]) for run, _, _ in ark] + [run_row(teacher_dir, "teacher: Whisper tiny.en")]
+    rows_b = [run_row(out / run, labels[run]) for run, _, _ in ark] + [run_row(teacher_run, teacher_label)]
     for r, (run, _, _) in zip(rows_b, ark):
         s = json.loads((out / run / "summary.json").read_text())
         r.extra = {"steps": str(s["steps"])}
     rows_b[-1].extra = {"steps": "-"}
     ta, tb = build_table(rows_a), build_table(rows_b)
     md = (
-        "# asr-distill demo (CPU, synthetic English speech, bundled real Whisper tiny.en teacher)\n\n"
-        "## ASKD-Whisper: tiny.en -> 2 decoder layers\n\n"
+        "# asr-distill demo (CPU, synthetic English speech, Whisper tiny.en adapted to it as the teacher)\n\n"
+        "## ASKD-Whisper: adapted tiny.en -> 2 decoder layers\n\n"
         + to_markdown(ta)
         + f"\nLatency: batch 1, greedy, 32 tokens, {lat['audio_seconds']:.1f} s clip, CPU, {lat['threads']} threads: "
         + "teacher "
         f"{lat['teacher']:.3f} s, student {lat['student']:.3f} s (teacher/student {lat['ratio']:.2f}x total, "
         f"{lat['decode_ratio']:.2f}x decoding only).\n\n"
-        "## Ark-ASR: SFT -> TD -> OPD with tiny.en as the teacher\n\n"
+        "## Ark-ASR: SFT (400 labelled) -> TD / OPD (audio only) with the adapted tiny.en as the teacher\n\n"
         + to_markdown(tb)
         + "\nA CPU-sized run of the whole pipeline on a synthetic corpus; not the papers' settings or numbers.\n"
     )
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
     timings.update(st.timings)
     atomic_write_json(out / "timings.json", timings)
-    results = demo_results(out, teacher_dir, timings)
+    results = demo_results(out, teacher_run, timings)
     md += _comparisons_md(results)
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", md)

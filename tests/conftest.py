@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -25,14 +24,10 @@ def real_speech() -> Path:
 @pytest.fixture(scope="session")
 def english_manifest(real_speech: Path, tmp_path_factory) -> Path:
     """The 40 English clips as a manifest with absolute paths (folder name 'real_en')."""
+    from common.data.manifests import write_jsonl_subset
+
     out = tmp_path_factory.mktemp("real") / "real_en" / "manifest.jsonl"
-    out.parent.mkdir(parents=True)
-    rows = [json.loads(l) for l in (real_speech / "manifest.jsonl").read_text().splitlines() if l.strip()]
-    with out.open("w") as f:
-        for r in rows:
-            if r["language"] == "en":
-                r["audio_filepath"] = str(real_speech / r["audio_filepath"])
-                f.write(json.dumps(r) + "\n")
+    write_jsonl_subset(real_speech / "manifest.jsonl", out, language="en")
     return out
 
 

@@ -523,3 +523,25 @@ def set_name(spec: str | Path) -> str:
     if p.is_dir():
         return p.name
     return p.parent.name or p.stem
+
+
+def write_jsonl_subset(
+    src: str | Path, out: str | Path, rows: slice | None = None, language: str | None = None, audio_only: bool = False
+) -> Path:
+    """Write some rows of a JSONL manifest to ``out`` with absolute audio paths (so the copy is valid anywhere):
+    ``rows`` selects by position, ``language`` keeps one language, ``audio_only`` drops the transcripts (``text``) -
+    untranscribed audio for teacher labelling or on-policy distillation. Written atomically; returns ``out``."""
+    from common.io import atomic_write_text
+
+    src, out = Path(src), Path(out)
+    lines = [json.loads(line) for _, line in _iter_lines(src)]
+    picked = []
+    for r in lines[rows] if rows is not None else lines:
+        if language is not None and r.get("language") != language:
+            continue
+        r = dict(r, audio_filepath=str((src.parent / r["audio_filepath"]).resolve()))
+        if audio_only:
+            r.pop("text", None)
+        picked.append(json.dumps(r, ensure_ascii=False) + "\n")
+    atomic_write_text(out, "".join(picked))
+    return out

@@ -324,6 +324,8 @@ def _plan(cfg: SynthConfig) -> dict[tuple[str, str], list[dict]]:
     for lang in cfg.languages:
         seen: set[str] = set()  # texts are disjoint across splits, so dev/test measure generalisation
         for split, n in zip(SPLITS, getattr(cfg, f"{lang}_sizes")):
+            if n == 0:  # no empty split directories
+                continue
             rng = random.Random(f"{cfg.seed}-{lang}-{split}")
             rows = []
             for i in range(n):
