@@ -164,7 +164,7 @@ def test_shipped_sweeps_expand_and_validate():
     from common.sweep import SweepConfig, expand, slurm_overrides, validate
 
     files = sorted((REPO / "configs" / "sweeps").rglob("*.yaml"))
-    assert len(files) == 10
+    assert len(files) == 11
     for f in files:
         cfg = load(SweepConfig, f)
         runs = expand(cfg)
