@@ -20,7 +20,9 @@ This is an entry point like ``common.cli``: it reaches both methods through the 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,8 +86,6 @@ def _latency(teacher_path: str, test_manifest: str) -> dict:
 
 def _export_teacher(run_dir: Path, out: Path) -> None:
     """The adapted teacher's final checkpoint as a Hugging Face Whisper directory, written whole or not at all."""
-    import shutil
-
     from common import registry
 
     tmp = out.with_name(out.name + ".tmp")
@@ -96,8 +96,6 @@ def _export_teacher(run_dir: Path, out: Path) -> None:
 
 def shared_real_speech() -> Path:
     """``../shared/data/real_speech`` beside the checkout (``ASR_DISTILL_SHARED`` overrides ``../shared``)."""
-    import os
-
     root = Path(os.environ.get("ASR_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     return root / "data" / "real_speech"
 

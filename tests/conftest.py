@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from common.demo import shared_real_speech
+
 REPO = Path(__file__).resolve().parents[1]
-REAL_SPEECH = Path(os.environ.get("ASR_DISTILL_SHARED", REPO.parent / "shared")) / "data" / "real_speech"
+REAL_SPEECH = shared_real_speech()  # the same lookup as make demo's real_en column
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
