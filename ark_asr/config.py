@@ -19,16 +19,26 @@ class ArkModelConfig:
     """Whisper checkpoint whose encoder initialises ours (bundled:tiny.en, a local dir or a hub id)."""
     encoder_init: Literal["pretrained", "random"] = "pretrained"
     """Load the encoder's weights, or only its architecture (tests, meta-device counts)."""
-    encoder_rope: bool = False
-    """Rotary positions in the encoder's self-attention instead of Whisper's absolute table (the authors' option)."""
+    encoder_positions: Literal["rope_released", "absolute", "rope_full"] = "rope_released"
+    """Positions in the encoder's self-attention. rope_released: the released ARK-ASR checkpoints' rotary scheme
+    (``use_rope: true``; GLM style: the first half of each head's dimensions rotated in interleaved pairs, base 10000)
+    and no absolute table; absolute: Whisper's own learned table (limited to its 1500 frames = 30 s; keep it for a
+    frozen pretrained Whisper encoder, which was trained with it); rope_full (ablation): rotary on the whole head
+    dimension, half-split pairs (Su et al. 2021 / Llama style)."""
+    max_audio_seconds: float = 40.0
+    """Longest audio the student accepts with rotary positions (the authors evaluate up to 40 s); absolute positions
+    stay at the encoder's table (30 s for Whisper)."""
     drop_final_layernorm: bool = True
     """Drop the Whisper encoder's final LayerNorm (the authors do)."""
     merge: int = 4
     """Frames merged into one audio token (50 -> 12.5 tokens/s)."""
-    llm: str = "Qwen/Qwen3-0.6B"
-    """Causal LM checkpoint (local dir or hub id), or 'config' to build it from llm_config."""
+    llm: str = "Qwen/Qwen2.5-0.5B"
+    """Causal LM checkpoint (local dir or hub id; any architecture transformers' Auto classes load), 'config' to build
+    it from llm_config, or 'preset:NAME' (qwen2-0.5b, qwen3-0.6b: architectures for meta-device counts). The paper and
+    the released ARK-ASR checkpoints use a Qwen2 LM (q/k/v biases, no q/k-norm); Qwen3 is an ablation."""
     llm_config: dict[str, Any] = field(default_factory=dict)
-    """Qwen3Config fields when llm='config' (vocab_size is set from the tokenizer)."""
+    """Config fields of the LM when llm='config', with ``model_type`` naming its architecture (qwen2, qwen3, ...);
+    vocab_size is raised to the tokenizer's size."""
     tokenizer: Literal["llm", "whisper", "qwen3"] = "llm"
     """Text tokenizer: the LLM checkpoint's, the encoder's Whisper tokenizer, or the offline Qwen3 tokenizer."""
     transcript_prefix: str = ""
@@ -44,13 +54,19 @@ class ArkModelConfig:
     lora_alpha: int = 32
     """LoRA alpha."""
     init_from: Optional[str] = None
-    """A saved student directory (or a run directory's 'student/') to start from: the previous stage."""
+    """A model directory to start from: a saved student (or a run directory's 'student/', the previous stage) or a
+    released ARK-ASR checkpoint directory (``config.json`` with ``model_type: arkasr``, e.g. ARK-ASR-0.6B). The
+    architecture, tokenizer and front end then come from that directory; the fields above only set freezing/LoRA."""
 
     def __post_init__(self) -> None:
         if self.merge < 1:
             raise ValueError("merge must be >= 1")
         if self.llm == "config" and not self.llm_config:
             raise ValueError("llm_config: needed when llm='config'")
+        if self.llm == "config" and "model_type" not in self.llm_config:
+            raise ValueError("llm_config.model_type: name the LM architecture (qwen2 as the paper, qwen3, ...)")
+        if not self.max_audio_seconds > 0:
+            raise ValueError("max_audio_seconds must be > 0")
 
 
 @dataclass
@@ -68,7 +84,13 @@ class OPDConfig:
     jsd_beta: float = 0.5
     """Mixture weight of the JSD."""
     teacher_values: Literal["logprob", "raw_logit_topk"] = "logprob"
-    """Teacher log-probs on all of U, or the released code's mix: raw logits on K, log-probs on S \\ K."""
+    """Teacher log-probs on all of U (the paper's formula), or raw_logit_topk: the released code's behaviour, raw
+    logits on K and log-probs on S \\ K (their scales differ by the log-partition)."""
+    student_stop: Literal["keep", "generated_only"] = "keep"
+    """The stop token in the student's S_t. keep (the paper's formula; the paper configs): S_t is the student's top-k
+    after control-token blocking, so the student's own wish to stop early is a candidate that the teacher's value
+    corrects. generated_only (the released trainer): the stop token is removed from S_t except at the position
+    where the student generated it (it can still enter U_t through the teacher's K_t)."""
     rollout: Literal["greedy", "sample"] = "greedy"
     """How the student rolls out."""
     temperature: float = 1.0

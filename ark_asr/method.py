@@ -15,9 +15,20 @@ def _fit(cfg: ArkConfig, **kwargs: Any) -> dict:
     return fit(cfg, **kwargs)
 
 
+def _is_release(model_dir: Path) -> bool:
+    import json
+
+    cfg = Path(model_dir) / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "arkasr"
+    except (ValueError, OSError, AttributeError):
+        return False  # not JSON (or not an object): not ours; the Whisper/Qwen3-ASR loaders report it
+
+
 def _load_transcriber(model_dir: Path, device: str, dtype: Any) -> Optional[Any]:
-    """A saved Ark-ASR student (``RUN_DIR/student``, recognised by its ``ark_config.json``)."""
-    if not (Path(model_dir) / "ark_config.json").is_file():
+    """A saved Ark-ASR student (``RUN_DIR/student``, recognised by its ``ark_config.json``) or a released ARK-ASR
+    checkpoint directory (``config.json`` with ``model_type: arkasr``)."""
+    if not (Path(model_dir) / "ark_config.json").is_file() and not _is_release(Path(model_dir)):
         return None
     from ark_asr.model import ArkTranscriber
 

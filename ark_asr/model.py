@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_mel_bins=128,
         vocab_size=51866,
     ),
-    "qwen3-0.6b": dict(
+    # Qwen2.5-0.5B's architecture: the paper's LM family (the released ARK-ASR-0.6B's exact LM config is in its own
+    # config.json; start from the release with model.init_from to get it)
+    "qwen2-0.5b": dict(
+        model_type="qwen2",
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+    ),
+    "qwen3-0.6b": dict(  # ablation: a Qwen3 LM (q/k-norm, no q/k/v biases) cannot load Qwen2 weights
+        model_type="qwen3",
         hidden_size=1024,
         num_hidden_layers=28,
         num_attention_heads=16,
@@ -64,19 +79,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Building blocks
 # ----------------------------------------------------------------------------------------------
 class RotarySelfAttention(nn.Module):
-    """Whisper self-attention with rotary position embeddings on q and k (replaces absolute positions).
+    """Whisper self-attention with rotary position embeddings on q and k (replaces the absolute table).
 
-    Reuses the wrapped ``WhisperAttention``'s projections, so pretrained weights carry over; RoPE (Su et al. 2021)
-    with the half-split rotation: x' = x * cos + rotate_half(x) * sin, theta_i = base^(-2i/d_head).
+    Reuses the wrapped ``WhisperAttention``'s projections, so pretrained weights and their names carry over.
+    ``style`` (RoPE, Su et al. 2021; theta_i = base^(-2i / d_rot)):
+
+    - ``released``: the released ARK-ASR checkpoints' scheme (GLM style): only the first d_rot = d_head / 2 dimensions
+      of each head rotate, in interleaved pairs (x_2i, x_2i+1) -> (x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin);
+      the other half passes unchanged.
+    - ``full``: every dimension rotates, half-split pairs (x_i, x_i+d/2): x' = x cos + rotate_half(x) sin.
     """
 
-    def __init__(self, attn: nn.Module, base: float = 10000.0) -> None:
+    def __init__(self, attn: nn.Module, style: str = "released", base: float = 10000.0) -> None:
         super().__init__()
+        if style not in ("released", "full"):
+            raise ValueError(f"unknown rotary style {style!r}")
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
-        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        self.num_heads, self.head_dim, self.style = attn.num_heads, attn.head_dim, style
+        self.rot_dim = self.head_dim // 2 if style == "released" else self.head_dim
         self.register_buffer(
             "inv_freq",
-            base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
+            base ** (-torch.arange(0, self.rot_dim, 2, dtype=torch.float32) / self.rot_dim),
             persistent=False,
         )
 
@@ -85,32 +108,61 @@ class RotarySelfAttention(nn.Module):
         a, b = x.chunk(2, dim=-1)
         return torch.cat([-b, a], dim=-1)
 
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, T, d_head) rotated by position along T."""
+        T = x.shape[-2]
+        ang = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * self.inv_freq.to(x.device)[None]
+        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)  # (T, d_rot / 2)
+        if self.style == "full":
+            cos, sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+            return x * cos + self._rotate_half(x) * sin
+        rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
+        pairs = rot.reshape(*rot.shape[:-1], self.rot_dim // 2, 2)  # (B, H, T, d_rot / 2, 2)
+        a, b = pairs[..., 0], pairs[..., 1]
+        rot = torch.stack([a * cos - b * sin, b * cos + a * sin], -1).flatten(-2)
+        return torch.cat([rot, rest], -1)
+
     def forward(self, hidden_states: torch.Tensor, **_: Any):
         B, T, _d = hidden_states.shape
         shape = (B, T, self.num_heads, self.head_dim)
         q, k, v = (p(hidden_states).view(shape).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        ang = torch.arange(T, device=q.device, dtype=torch.float32)[:, None] * self.inv_freq[None]  # (T, d/2)
-        cos, sin = torch.cat([ang, ang], -1).cos().to(q.dtype), torch.cat([ang, ang], -1).sin().to(q.dtype)
-        q, k = q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin
+        q, k = self.rotate(q), self.rotate(k)
         out = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, T, d_head)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), None
 
 
-class AudioEncoder(nn.Module):
-    """The modules of a HF ``WhisperEncoder`` run on variable-length features (no 30 s padding)."""
+ROTARY_STYLES = {"rope_released": "released", "rope_full": "full"}
 
-    def __init__(self, whisper_encoder: nn.Module, drop_final_layernorm: bool, rope: bool = False) -> None:
+
+class AudioEncoder(nn.Module):
+    """The modules of a HF ``WhisperEncoder`` run on variable-length features (no 30 s padding).
+
+    ``positions``: ``absolute`` adds Whisper's learned table (so at most its ``max_source_positions`` frames);
+    ``rope_released`` / ``rope_full`` rotate q and k in every self-attention instead (see
+    :class:`RotarySelfAttention`), up to ``max_seconds`` of audio. The table stays a parameter either way (the released
+    checkpoints carry it unused), so the tensor names are Whisper's.
+    """
+
+    def __init__(
+        self,
+        whisper_encoder: nn.Module,
+        drop_final_layernorm: bool,
+        positions: str = "absolute",
+        max_seconds: float = 40.0,
+    ) -> None:
         super().__init__()
         self.conv1, self.conv2 = whisper_encoder.conv1, whisper_encoder.conv2
-        self.rope = rope
+        self.positions = positions
+        self.rope = positions in ROTARY_STYLES
         self.embed_positions = whisper_encoder.embed_positions
         self.layers = whisper_encoder.layers
-        if rope:
+        if self.rope:
             for layer in self.layers:
-                layer.self_attn = RotarySelfAttention(layer.self_attn)
+                layer.self_attn = RotarySelfAttention(layer.self_attn, ROTARY_STYLES[positions])
         self.layer_norm = nn.Identity() if drop_final_layernorm else whisper_encoder.layer_norm
         self.d_model = whisper_encoder.config.d_model
-        self.max_frames = whisper_encoder.config.max_source_positions
+        # encoder frames run at 50 per second (conv stride 2 over 100 feature frames per second)
+        self.max_frames = int(max_seconds * 50) if self.rope else whisper_encoder.config.max_source_positions
         self._no_split_modules = list(getattr(whisper_encoder, "_no_split_modules", None) or ["WhisperEncoderLayer"])
         self.gradient_checkpointing = False  # set by common.training.strategy.enable_activation_checkpointing
 
@@ -118,7 +170,11 @@ class AudioEncoder(nn.Module):
         x = nn.functional.gelu(self.conv1(feats))
         x = nn.functional.gelu(self.conv2(x)).transpose(1, 2)  # (B, T, d)
         if x.shape[1] > self.max_frames:
-            raise ValueError(f"audio of {x.shape[1]} encoder frames exceeds the encoder's {self.max_frames} (30 s)")
+            what = "the configured model.max_audio_seconds" if self.rope else "the encoder's position table"
+            raise ValueError(
+                f"audio of {x.shape[1]} encoder frames ({x.shape[1] / 50:.1f} s) exceeds {what} "
+                f"({self.max_frames} frames, {self.max_frames / 50:.0f} s)"
+            )
         if not self.rope:
             x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -175,13 +231,29 @@ def _whisper_encoder(cfg: ArkModelConfig):
     return model.model.encoder.train(), proc.feature_extractor
 
 
+def llm_from_config(fields: dict[str, Any]) -> nn.Module:
+    """A randomly initialised causal LM of the architecture ``fields["model_type"]`` names (qwen2, qwen3, ...), through
+    transformers' Auto classes: the same classes ``from_pretrained`` would give for a checkpoint of that type."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    fields = dict(fields)
+    model_type = fields.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"model.llm_config.model_type: {model_type!r} is not an architecture transformers knows")
+    return AutoModelForCausalLM.from_config(CONFIG_MAPPING[model_type].from_dict(fields))
+
+
 def _llm(cfg: ArkModelConfig, vocab_size: int):
-    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if cfg.llm == "config" or cfg.llm.startswith("preset:"):
-        fields = dict(cfg.llm_config) if cfg.llm == "config" else dict(PRESETS[cfg.llm[len("preset:") :]])
+        name = cfg.llm[len("preset:") :]
+        if cfg.llm != "config" and name not in PRESETS:
+            raise ValueError(f"model.llm: unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
+        fields = dict(cfg.llm_config) if cfg.llm == "config" else dict(PRESETS[name])
         fields["vocab_size"] = max(fields.get("vocab_size", 0), vocab_size)
-        return Qwen3ForCausalLM(Qwen3Config(**fields))
+        return llm_from_config(fields)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm)
     if llm.get_input_embeddings().num_embeddings < vocab_size:
         llm.resize_token_embeddings(vocab_size)
@@ -217,7 +289,7 @@ class ArkStudent(nn.Module):
     def __init__(self, cfg: ArkModelConfig, tokenizer, encoder: nn.Module, feature_extractor, llm: nn.Module) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.feature_extractor = cfg, tokenizer, feature_extractor
-        self.encoder = AudioEncoder(encoder, cfg.drop_final_layernorm, cfg.encoder_rope)
+        self.encoder = AudioEncoder(encoder, cfg.drop_final_layernorm, cfg.encoder_positions, cfg.max_audio_seconds)
         d_enc, d_llm = self.encoder.d_model, llm.config.hidden_size
         self.norm = nn.LayerNorm(d_enc)
         self.adapter = nn.Sequential(nn.Linear(cfg.merge * d_enc, 2 * d_llm), nn.GELU(), nn.Linear(2 * d_llm, d_llm))
@@ -233,22 +305,21 @@ class ArkStudent(nn.Module):
 
     # -- inputs ---------------------------------------------------------------------------------
     def features(self, audios: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Log-mel features padded to the longest utterance (rounded up to 2*merge frames) + frame counts."""
+        """Log-mel features padded to the longest utterance of the batch + frame counts: the released front end (the
+        feature extractor pads the waveforms with zeros; nothing is rounded up). The encoder has no attention mask,
+        as in the release, so a short utterance's states depend slightly on what it is batched with."""
         f = self.feature_extractor(
             _as_numpy(audios),
             sampling_rate=TARGET_SR,
             padding="longest",
+            truncation=False,  # the extractor would cut at 30 s; the encoder checks its own limit
             return_attention_mask=True,
             return_tensors="pt",
         )
-        feats, lens = f["input_features"], f["attention_mask"].sum(-1)
-        mult = 2 * self.cfg.merge
-        pad = (-feats.shape[-1]) % mult
-        if pad:
-            feats = nn.functional.pad(feats, (0, pad), value=float(feats.min()))
-        return {"input_features": feats, "feature_lens": lens}
+        return {"input_features": f["input_features"], "feature_lens": f["attention_mask"].sum(-1)}
 
     def n_audio_tokens(self, feature_lens: torch.Tensor) -> list[int]:
+        """((frames + 1) // 2) // merge audio tokens per utterance, at least 1 (the release's count)."""
         return [max(1, math.ceil(int(f) / 2) // self.cfg.merge) for f in feature_lens]
 
     def prompt_ids(self, n_audio: int) -> list[int]:
@@ -273,6 +344,8 @@ class ArkStudent(nn.Module):
         h = self.norm(self.encoder(feats.to(p.device, p.dtype)))  # (B, T, d_enc)
         B, T, d = h.shape
         m = self.cfg.merge
+        if T < m:  # a clip shorter than one audio token: zero frames complete it (the release does the same)
+            h, T = torch.cat([h, h.new_zeros(B, m - T, d)], 1), m
         h = h[:, : T // m * m].reshape(B, T // m, m * d)  # (B, T/m, m*d)
         a = self.adapter(h)  # (B, T/m, d_llm)
         return torch.cat([a[i, :n] for i, n in enumerate(n_tokens)])
@@ -424,18 +497,29 @@ class ArkStudent(nn.Module):
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> ArkStudent:
+        """A student saved by :meth:`save_pretrained` (``ark_config.json``) or a released ARK-ASR checkpoint directory
+        (``config.json`` with ``model_type: arkasr``; see :mod:`ark_asr.release`)."""
         from safetensors.torch import load_file
-        from transformers import AutoFeatureExtractor, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, WhisperConfig
+        from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         from common.config import from_dict
 
         path = Path(path)
+        if not (path / "ark_config.json").is_file():
+            from ark_asr.release import load_release
+
+            return load_release(path, device=device, dtype=dtype)
         meta = json.loads((path / "ark_config.json").read_text())
-        cfg = from_dict(ArkModelConfig, {**meta["model"], "lora_rank": 0, "init_from": None})
+        fields = {**meta["model"], "lora_rank": 0, "init_from": None}
+        if "encoder_rope" in fields:  # saved before encoder_positions existed: rope_full or Whisper's table
+            fields["encoder_positions"] = "rope_full" if fields.pop("encoder_rope") else "absolute"
+        if fields.get("llm") == "config":  # saved when every LM was a Qwen3
+            fields["llm_config"] = {"model_type": meta["llm_config"]["model_type"], **fields["llm_config"]}
+        cfg = from_dict(ArkModelConfig, fields)
         # built for real (not on meta): non-persistent buffers such as RoPE frequencies are computed at init
         enc = WhisperEncoder(WhisperConfig.from_dict(meta["encoder_config"]))
-        llm = Qwen3ForCausalLM(Qwen3Config.from_dict(meta["llm_config"]))
+        llm = llm_from_config(meta["llm_config"])
         tok = AutoTokenizer.from_pretrained(path)
         fe = AutoFeatureExtractor.from_pretrained(path)
         student = cls(cfg, tok, enc, fe, llm)
@@ -449,13 +533,40 @@ class ArkStudent(nn.Module):
         return student.to(device=device, dtype=dtype)
 
 
+def check_model_dir(path: str | Path, key: str = "model.init_from") -> None:
+    """A start-up check of a model directory to start from, one line naming it: a saved student (``ark_config.json``,
+    also as a run directory's ``student/``) or a released ARK-ASR checkpoint (``config.json``, ``model_type:
+    arkasr``; see :func:`ark_asr.release.check_release`)."""
+    from ark_asr.release import check_release
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ValueError(f"{key}: model directory {path} not found" if not p.exists() else f"{key}: {path} is a file")
+    if (p / "ark_config.json").is_file() or (p / "student" / "ark_config.json").is_file():
+        return
+    if not (p / "config.json").is_file():
+        raise ValueError(
+            f"{key}: {path} holds no Ark model (no ark_config.json, student/ark_config.json or a release's config.json)"
+        )
+    check_release(p)
+
+
 def build_student(cfg: ArkModelConfig, device: str | torch.device = "cpu") -> ArkStudent:
     """A student from config (``cfg.init_from``: load a saved student instead, e.g. the previous stage's)."""
     if cfg.init_from:
         src = Path(cfg.init_from)
         src = src / "student" if (src / "student" / "ark_config.json").is_file() else src
         student = ArkStudent.from_pretrained(src, device=device)
-        student.cfg = cfg  # this stage's freezing / LoRA choices apply
+        # this stage's freezing / LoRA choices apply; the architecture and front end stay the loaded model's
+        keep = (
+            "encoder_positions",
+            "max_audio_seconds",
+            "merge",
+            "drop_final_layernorm",
+            "instruction",
+            "transcript_prefix",
+        )
+        student.cfg = replace(cfg, **{k: getattr(student.cfg, k) for k in keep})
         student.encoder.requires_grad_(not cfg.freeze_encoder)
         for m in (student.norm, student.adapter):
             m.requires_grad_(not cfg.freeze_adapter)

@@ -212,6 +212,8 @@ class ArkModule(L.LightningModule):
                 S[rows, t] = z.index_fill(-1, blocked, float("-inf")).topk(k, -1).indices
         has = (S == tgt[..., None]).any(-1)
         S[..., -1] = torch.where(has, S[..., -1], tgt)
+        if self.cfg.opd.student_stop == "generated_only":  # the released trainer: stop only where it was generated
+            S = torch.where((S == s.stop_id) & (tgt[..., None] != s.stop_id), torch.full_like(S, -1), S)
         return S
 
     def teacher_candidates(self, sc, T: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ark_asr.config import ArkConfig
-from ark_asr.model import ArkTranscriber, build_student
+from ark_asr.model import ArkTranscriber, build_student, check_model_dir
 from ark_asr.module import ArkCollator, ArkModule
 from common.data.datamodule import AudioDataModule
 from common.training import run_fit
@@ -44,6 +44,8 @@ def fit(
     stop_after_steps: Optional[int] = None,
     callbacks: Optional[list] = None,
 ) -> dict[str, Any]:
+    if cfg.model.init_from:  # before the run directory exists: a fixed rerun needs no --overwrite
+        check_model_dir(cfg.model.init_from)
     return run_fit(
         cfg,
         lambda: build(cfg, teacher),

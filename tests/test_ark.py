@@ -1,14 +1,18 @@
 """Ark-ASR student and its SFT / TD / OPD stages on a tiny random LM with the real tiny.en encoder."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from ark_asr.config import ArkConfig, ArkModelConfig
-from ark_asr.model import ARK_SPECIALS, ArkStudent, build_student
+from ark_asr.model import ARK_SPECIALS, ArkStudent, ArkTranscriber, build_student
 from common.config import from_dict
 
 TINY_LLM = dict(
+    model_type="qwen3",
     hidden_size=64,
     num_hidden_layers=1,
     num_attention_heads=2,
@@ -28,7 +32,7 @@ def _model_cfg(**kw):
         tokenizer="whisper",
         transcript_prefix=" ",
         freeze_encoder=True,
-        **kw,
+        **{"encoder_positions": "absolute", **kw},
     )
 
 
@@ -39,14 +43,28 @@ def student():
 
 
 def test_paper_scale_student_on_meta():
-    cfg = ArkModelConfig(encoder="preset:whisper-large-v3", llm="preset:qwen3-0.6b", tokenizer="qwen3")
+    """The paper configs' student: a Qwen2 LM (q/k/v biases, no q/k-norm) behind the released rotary encoder."""
+    from transformers import Qwen2ForCausalLM, Qwen3ForCausalLM
+
+    from ark_asr.model import RotarySelfAttention
+    from common.experiment import load_experiment
+
+    repo = Path(__file__).resolve().parents[1]
+    paper, _ = load_experiment(repo / "configs" / "ark_asr" / "sft.yaml", [])
+    assert paper.model.llm.startswith("Qwen/Qwen2") and paper.model.encoder_positions == "rope_released"
+    cfg = ArkModelConfig(encoder="preset:whisper-large-v3", llm="preset:qwen2-0.5b", tokenizer="qwen3")
     s = build_student(cfg, device="meta")
+    assert type(s.llm) is Qwen2ForCausalLM and s.llm.model.layers[0].self_attn.q_proj.bias is not None
+    assert all(isinstance(layer.self_attn, RotarySelfAttention) for layer in s.encoder.layers)
+    assert s.encoder.layers[0].self_attn.rot_dim == 64 / 2 and s.encoder.max_frames == 40 * 50
     n_llm = sum(p.numel() for p in s.llm.parameters())
     n_enc = sum(p.numel() for p in s.encoder.parameters())
     n_ad = sum(p.numel() for p in s.adapter.parameters()) + sum(p.numel() for p in s.norm.parameters())
     print(f"paper-scale Ark student: LLM {n_llm / 1e6:.1f}M, encoder {n_enc / 1e6:.1f}M, adapter {n_ad / 1e6:.1f}M")
-    assert 0.55e9 < n_llm < 0.65e9 and 0.6e9 < n_enc < 0.7e9
-    assert s.adapter[0].in_features == 4 * 1280 and s.adapter[0].out_features == 2 * 1024
+    assert 0.45e9 < n_llm < 0.55e9 and 0.6e9 < n_enc < 0.7e9
+    assert s.adapter[0].in_features == 4 * 1280 and s.adapter[0].out_features == 2 * 896
+    ablation = build_student(replace(cfg, llm="preset:qwen3-0.6b"), device="meta")  # Qwen3: an ablation
+    assert type(ablation.llm) is Qwen3ForCausalLM
 
 
 def test_prompt_and_audio_tokens(student):
@@ -59,7 +77,7 @@ def test_prompt_and_audio_tokens(student):
     )
     f = student.features([np.zeros(16000 * 2, np.float32), np.zeros(16000 * 3, np.float32)])
     assert student.n_audio_tokens(f["feature_lens"]) == [25, 37]  # 12.5 audio tokens per second
-    assert f["input_features"].shape[-1] % 8 == 0
+    assert f["input_features"].shape[-1] == 300  # padded to the longest clip only (the released front end)
 
 
 def test_generate_blocks_control_tokens_and_records_topk(student):
@@ -104,6 +122,7 @@ def _ark_cfg(tiny_corpus, run_dir, stage, **kw):
         "stage": stage,
         "model": {
             "encoder": "bundled:tiny.en",
+            "encoder_positions": "absolute",
             "llm": "config",
             "llm_config": TINY_LLM,
             "tokenizer": "whisper",
@@ -216,20 +235,46 @@ def test_opd_step_diagnostics(tiny_corpus, teacher):
         assert torch.isfinite(l2), variant
 
 
-def test_encoder_rope_option_matches_reference_attention(student):
-    """RoPE attention: without rotation (zero angle) it equals Whisper's own attention on the same weights."""
+def _glm_rope_reference(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """The released rotary scheme written independently: the first d/2 dims of each head as complex numbers
+    (x_2i + i x_2i+1) multiplied by exp(i t theta_j), theta_j = base^(-2j / (d/2)); the rest unchanged."""
+    d = x.shape[-1]
+    r = d // 2
+    theta = base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # (r/2,)
+    t = torch.arange(x.shape[-2], dtype=torch.float64)[:, None]
+    z = torch.view_as_complex(x[..., :r].double().reshape(*x.shape[:-1], r // 2, 2).contiguous())
+    z = z * torch.polar(torch.ones_like(t * theta), t * theta)
+    return torch.cat([torch.view_as_real(z).flatten(-2).to(x.dtype), x[..., r:]], -1)
+
+
+def test_encoder_rotary_positions_match_the_release_and_lift_the_30s_limit(student):
+    """rope_released equals an independent complex-number rotation of the first half of each head (interleaved
+    pairs, base 10000); with zero angles either style is Whisper's own attention; rotary students take 35 s of audio
+    (up to model.max_audio_seconds), absolute positions refuse it in one line."""
     from ark_asr.model import RotarySelfAttention
 
     layer = student.encoder.layers[0]
-    rot = RotarySelfAttention(layer.self_attn)
-    x = torch.randn(2, 7, rot.head_dim * rot.num_heads)
-    rot.inv_freq.zero_()  # all angles 0: plain attention
-    ref, _ = layer.self_attn(hidden_states=x)
-    torch.testing.assert_close(rot(x)[0], ref, atol=1e-5, rtol=1e-5)
-    s = build_student(_model_cfg(encoder_rope=True))
-    f = s.features([np.zeros(16000, np.float32)])
-    h, _, mask = s.forward_hidden(f["input_features"], f["feature_lens"], [s.encode_text("hi")])
-    assert torch.isfinite(h).all() and all(isinstance(l.self_attn, RotarySelfAttention) for l in s.encoder.layers)
+    x = torch.randn(2, 3, 7, layer.self_attn.head_dim)
+    released = RotarySelfAttention(layer.self_attn, "released")
+    torch.testing.assert_close(released.rotate(x), _glm_rope_reference(x), atol=1e-5, rtol=1e-5)
+    full = RotarySelfAttention(layer.self_attn, "full")
+    assert (full.rotate(x) - released.rotate(x)).abs().max() > 0.1  # two different schemes
+    h = torch.randn(2, 7, released.head_dim * released.num_heads)
+    ref, _ = layer.self_attn(hidden_states=h)
+    for rot in (released, full):
+        rot.inv_freq.zero_()  # all angles 0: plain attention
+        torch.testing.assert_close(rot(h)[0], ref, atol=1e-5, rtol=1e-5)
+    long = [np.zeros(16000 * 35, np.float32)]
+    for positions in ("rope_released", "rope_full"):
+        s = build_student(_model_cfg(encoder_positions=positions))
+        assert all(isinstance(layer.self_attn, RotarySelfAttention) for layer in s.encoder.layers)
+        f = s.features(long)
+        hid, _, mask = s.forward_hidden(f["input_features"], f["feature_lens"], [s.encode_text("hi")])
+        assert torch.isfinite(hid).all() and s.n_audio_tokens(f["feature_lens"]) == [437]
+        assert ArkTranscriber(s).max_seconds == 40.0
+    f = student.features(long)
+    with pytest.raises(ValueError, match="exceeds the encoder's position table"):
+        student.forward_hidden(f["input_features"], f["feature_lens"], [student.encode_text("hi")])
 
 
 # -- OPD fidelity (the authors' trainer): each of these failed before the fix --------------------------------------

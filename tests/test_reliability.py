@@ -30,6 +30,7 @@ def _sft_cfg(tiny_corpus, run_dir, **trainer):
             "stage": "sft",
             "model": {
                 "encoder": "bundled:tiny.en",
+                "encoder_positions": "absolute",
                 "llm": "config",
                 "llm_config": TINY_LLM,
                 "tokenizer": "whisper",
