@@ -71,7 +71,7 @@ def read_release_config(path: str | Path) -> dict[str, Any]:
         raise ReleaseError(f"{cfg_file}: not valid JSON ({err})") from None
     if cfg.get("model_type") != "arkasr":
         raise ReleaseError(
-            f"{cfg_file}: model_type is {cfg.get('model_type')!r}, not 'arkasr' (a released ARK-ASR checkpoint) "
+            f"{cfg_file}: model_type {cfg.get('model_type')!r}, not 'arkasr' (a released ARK-ASR checkpoint) "
             "nor a student saved by this project (ark_config.json)"
         )
     if not isinstance(cfg.get("whisper_config"), dict):
@@ -109,29 +109,31 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
-def _weights(path: Path, names_only: bool = False) -> dict[str, Any]:
-    """Every tensor of the checkpoint (``names_only``: name -> None, read from the headers alone)."""
+def _weights(path: Path, shapes_only: bool = False) -> dict[str, Any]:
+    """Every tensor of the checkpoint (``shapes_only``: name -> shape, read from the headers alone)."""
     from safetensors import SafetensorError, safe_open
 
     sd: dict[str, Any] = {}
     for f in _weight_files(path):
         try:
             with safe_open(str(f), framework="pt") as h:
-                sd.update({k: None if names_only else h.get_tensor(k) for k in h.keys()})
+                sd.update({k: tuple(h.get_slice(k).get_shape()) if shapes_only else h.get_tensor(k) for k in h.keys()})
         except (SafetensorError, OSError) as err:
             raise ReleaseError(f"{f}: cannot read the weights ({err})") from None
     return sd
 
 
 def check_release(path: str | Path) -> None:
-    """The start-up check of a release directory (before any run directory exists): config.json, the tokenizer's
-    Ark tokens and audio id, and that every tensor name maps (from the safetensors headers, no weights loaded)."""
+    """The start-up check of a release directory (before any run directory exists): everything :func:`load_release`
+    checks (config.json, the tokenizer's Ark tokens and audio id, every tensor name mapped and every shape fitting,
+    nothing missing), with the model built on the meta device and the tensors read from the safetensors headers:
+    no weight is loaded."""
     p = Path(path)
     cfg = read_release_config(p)
-    _tokenizer(p, cfg)
-    _mapped, _ignored, unmapped = map_names(_weights(p, names_only=True))
-    if unmapped:
-        raise ReleaseError(_unmapped_message(p, unmapped))
+    tok = _tokenizer(p, cfg)
+    with torch.device("meta"):
+        student = _build(p, cfg, tok)
+    _check_tensors(p, student, _weights(p, shapes_only=True))
 
 
 def _unmapped_message(path: Path, unmapped: list[str]) -> str:
@@ -162,11 +164,17 @@ def _tokenizer(path: Path, cfg: dict[str, Any]):
 
     from ark_asr.model import ARK_SPECIALS, STOP
 
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it reads config.json and warns that 'arkasr' is no transformers model type
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ReleaseError(f"{path}: cannot load the checkpoint's tokenizer ({first})") from None
+    finally:
+        hf_logging.set_verbosity(level)
     vocab = tok.get_vocab()
     missing = [t for t in ARK_SPECIALS if t not in vocab]
     if missing:
@@ -195,23 +203,16 @@ def _feature_extractor(path: Path, n_mels: int):
     return fe
 
 
-def load_release(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A released ARK-ASR directory as an :class:`~ark_asr.model.ArkStudent` (strict: see the module docstring)."""
+def _build(path: Path, cfg: dict[str, Any], tok):
+    """The randomly initialised student of a release's config.json (on the current default device)."""
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from ark_asr.config import ArkModelConfig
     from ark_asr.model import ArkStudent, llm_from_config
 
-    path = Path(path)
-    cfg = read_release_config(path)
-    tok = _tokenizer(path, cfg)
     wcfg = WhisperConfig(**cfg["whisper_config"])
     fe = _feature_extractor(path, wcfg.num_mel_bins)
-    sd = _weights(path)
-    mapped, _ignored, unmapped = map_names(sd)
-    if unmapped:
-        raise ReleaseError(_unmapped_message(path, unmapped))
     model_cfg = ArkModelConfig(
         encoder=str(path),
         encoder_positions="rope_released" if cfg.get("use_rope", True) else "absolute",
@@ -230,17 +231,28 @@ def load_release(path: str | Path, device: str | torch.device = "cpu", dtype: to
         raise ReleaseError(f"{path}: cannot build the LM from config.json ({err})") from None
     student = ArkStudent(model_cfg, tok, WhisperEncoder(wcfg), fe, llm)
     student._encoder_config = wcfg
+    return student
+
+
+def _check_tensors(path: Path, student, tensors: dict[str, Any]) -> dict[str, Any]:
+    """Release tensors (name -> tensor or shape) against the student: every name mapped, every shape fitting,
+    nothing missing (a tied LM head and, with rotary positions, the unused absolute table may be absent). Returns
+    the mapped dict."""
+    mapped, _ignored, unmapped = map_names(tensors)
+    if unmapped:
+        raise ReleaseError(_unmapped_message(path, unmapped))
     own = student.state_dict()
     for name, t in mapped.items():
+        shape = tuple(t) if isinstance(t, tuple) else tuple(t.shape)
         if name not in own:
             raise ReleaseError(f"{path}: tensor {_release_name(name)} has no place in the architecture of config.json")
-        if tuple(own[name].shape) != tuple(t.shape):
+        if tuple(own[name].shape) != shape:
             raise ReleaseError(
-                f"{path}: tensor {_release_name(name)} has shape {tuple(t.shape)}; config.json's architecture needs "
+                f"{path}: tensor {_release_name(name)} has shape {shape}; config.json's architecture needs "
                 f"{tuple(own[name].shape)}"
             )
     optional = {"encoder.embed_positions.weight"} if student.encoder.rope else set()
-    if llm.config.tie_word_embeddings:
+    if student.llm.config.tie_word_embeddings:
         optional.add("llm.lm_head.weight")
     missing = sorted(set(own) - set(mapped) - optional)
     if missing:
@@ -248,8 +260,18 @@ def load_release(path: str | Path, device: str | torch.device = "cpu", dtype: to
             f"{path}: {len(missing)} weight(s) missing from the checkpoint, e.g. "
             + ", ".join(_release_name(m) for m in missing[:3])
         )
+    return mapped
+
+
+def load_release(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A released ARK-ASR directory as an :class:`~ark_asr.model.ArkStudent` (strict: see the module docstring)."""
+    path = Path(path)
+    cfg = read_release_config(path)
+    tok = _tokenizer(path, cfg)
+    student = _build(path, cfg, tok)
+    mapped = _check_tensors(path, student, _weights(path))
     student.load_state_dict(mapped, strict=False)
-    if llm.config.tie_word_embeddings:
+    if student.llm.config.tie_word_embeddings:
         student.llm.tie_weights()
     return student.to(device=device, dtype=dtype)
 

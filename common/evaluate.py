@@ -142,7 +142,16 @@ def model_kind(model: str) -> str:
     if cfg.is_file():
         import json
 
-        return "qwen3_asr" if "qwen3_asr" in json.loads(cfg.read_text()).get("model_type", "") else "whisper"
+        try:
+            model_type = json.loads(cfg.read_text()).get("model_type", "")
+        except (ValueError, AttributeError):
+            raise ValueError(f"{cfg}: not a JSON object") from None
+        if model_type not in ("whisper", "qwen3_asr"):
+            raise ValueError(
+                f"{cfg}: model_type {model_type!r} is not a model evaluate runs (whisper, qwen3_asr, or a directory "
+                "that a registered method saved or recognises)"
+            )
+        return model_type
     return "qwen3_asr" if "qwen3-asr" in model.lower() else "whisper"
 
 

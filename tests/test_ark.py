@@ -361,6 +361,32 @@ def test_rollout_and_student_candidates_never_hold_control_tokens(tiny_corpus, t
         hook.remove()
 
 
+def test_student_stop_in_support_keep_or_only_where_generated(tiny_corpus, teacher):
+    """opd.student_stop: keep (the paper's formula) leaves the stop token in S_t wherever it is among the student's
+    top-k; generated_only (the released trainer) removes it except at the position of the stop."""
+    module, batch = _opd_module(tiny_corpus, teacher)
+    s = module.student
+    roll, *_ = module.rollout(batch)
+    s_targets = [s.encode_text("hello world and more") for _ in batch["ids"]]  # text, then the stop token
+    boost = torch.zeros(s.lm_head().weight.shape[0])
+    boost[s.stop_id] = 1e4  # the stop token in every position's top-k
+    hook = s.lm_head().register_forward_hook(lambda m, i, out: out + boost.to(out.dtype))
+    try:
+        hidden, tgt, mask = s.forward_hidden(batch["input_features"], batch["feature_lens"], s_targets)
+        kept = module.student_candidates(hidden, tgt, roll, s_targets)
+        not_stop, at_stop = mask & (tgt != s.stop_id), mask & (tgt == s.stop_id)
+        assert (kept == s.stop_id).any(-1)[mask].all()  # keep: a candidate at every position
+        module.cfg.opd.student_stop = "generated_only"
+        only = module.student_candidates(hidden, tgt, roll, s_targets)
+        assert not (only == s.stop_id).any(-1)[not_stop].any() and (only == s.stop_id).any(-1)[at_stop].all()
+        assert torch.equal(only[not_stop & ~(kept == s.stop_id).any(-1)], kept[not_stop & ~(kept == s.stop_id).any(-1)])
+        loss, logs = module.opd_step(batch)
+        assert torch.isfinite(loss) and 1 <= logs["vuss"] <= 2 * module.cfg.opd.top_k
+    finally:
+        module.cfg.opd.student_stop = "keep"
+        hook.remove()
+
+
 def test_student_candidates_come_from_the_rollout(tiny_corpus, teacher):
     """Where the re-scored targets are the rollout's own tokens, S_t is the top-k the rollout recorded."""
     module, batch = _opd_module(tiny_corpus, teacher)
