@@ -14,6 +14,7 @@ from common.data.datamodule import AudioDataModule
 from common.evaluate import WhisperTranscriber
 from common.teachers.whisper_teacher import WhisperTeacher
 from common.training import launch_rank, run_fit
+from common.training.preemption import load_checkpoint
 
 
 def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[AskdModule, AudioDataModule, dict]:
@@ -89,7 +90,7 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     ckpt_path = Path(ckpt_path)
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(ckpt_path)  # weights_only: a pickle payload is refused, never run
     if "askd" not in ck:
         raise ValueError(f"{ckpt_path} is not an ASKD-Whisper checkpoint")
     cfg = WhisperConfig.from_dict(ck["askd"]["student_config"])

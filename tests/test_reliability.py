@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from common.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 from common.config import from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,24 +82,78 @@ def test_last_checkpoint_is_written_periodically_by_default():
     assert all(not c._enable_version_counter for c in trainer.checkpoint_callbacks)
 
 
-def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    """A full disk mid-save: the previous last.ckpt survives intact, no temporary file is left, one-line error."""
-    from common.training.preemption import AtomicCheckpointIO, CheckpointError
+_FULL_DISK_PROBE = """
+import json, sys, torch
+from pathlib import Path
+from common.training.preemption import AtomicCheckpointIO, CheckpointError
+target = Path(sys.argv[1]) / "checkpoints" / "last.ckpt"
+io = AtomicCheckpointIO()
+io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+good = target.read_bytes()
+try:
+    io.save_checkpoint({"step": 2, "w": torch.zeros(2**20)}, target)  # 4 MB on a 1 MB file system
+    err = None
+except CheckpointError as e:
+    err = str(e)
+print(json.dumps({"err": err, "kept": target.read_bytes() == good, "files": sorted(p.name for p in target.parent.iterdir())}))
+"""
 
-    io = AtomicCheckpointIO()
-    target = tmp_path / "checkpoints" / "last.ckpt"
-    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
-    good = target.read_bytes()
 
-    def full_disk(obj, f, *a, **k):
-        f.write(b"PK\x03\x04partial")
-        raise OSError(28, "No space left on device")
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_one(tmp_path):
+    """A real full file system (a 1 MB tmpfs in a private mount namespace): torch.save raises a RuntimeError chained
+    from ENOSPC, which is one line naming the file and the reason; the previous last.ckpt survives, no temp file."""
+    import json
+    import shutil
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match="last.ckpt.*No space left") as err:
-        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
-    assert "\n" not in str(err.value)
-    assert target.read_bytes() == good and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    probe = tmp_path / "probe.py"
+    probe.write_text(_FULL_DISK_PROBE)
+    cmd = f"mount -t tmpfs -o size=1m tmpfs '{fs}' && '{sys.executable}' '{probe}' '{fs}'"
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1): cannot mount a private small file system here")
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0 and "mount" in out.stderr.lower() and not out.stdout:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {out.stderr.strip()[:200]}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["err"] and "last.ckpt" in res["err"] and "No space left on device" in res["err"], res
+    assert "\n" not in res["err"] and res["kept"] and res["files"] == ["last.ckpt"], res
+
+
+class _Payload:
+    """Unpickling this runs a shell command (what a malicious last.ckpt carries)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_never_run(tiny_corpus, tmp_path, capsys):
+    """export and --resume read checkpoints with weights_only=True: a last.ckpt whose unpickling would run a command is
+    one line naming the file, and the command never runs (it did: export reported success)."""
+    marker = tmp_path / "payload_ran"
+    for method in ("askd_whisper", "ark_asr"):
+        run = tmp_path / method
+        (run / "checkpoints").mkdir(parents=True)
+        torch.save({"state_dict": {}, "askd": _Payload(marker)}, run / "checkpoints" / "last.ckpt")
+        (run / "config.yaml").write_text(f"method: {method}\n")
+    ckpt = tmp_path / "askd_whisper" / "checkpoints" / "last.ckpt"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refused" in err and str(ckpt) in err and "\n" not in err and not marker.exists()
+    cfg = _sft_cfg(tiny_corpus, tmp_path / "ark_asr")
+    from ark_asr.run import fit
+    from common.training.preemption import CheckpointError
+
+    (tmp_path / "ark_asr" / "config.yaml").unlink()  # resume of a run whose only checkpoint is the payload
+    with pytest.raises(CheckpointError, match="refused"):
+        fit(cfg, resume=True)
+    assert not marker.exists()
 
 
 def test_resume_refuses_a_truncated_checkpoint_in_one_line(tiny_corpus, tmp_path, capsys):

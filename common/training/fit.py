@@ -23,6 +23,7 @@ from common.training.preemption import (
     PreemptionCheckpoint,
     StopAfterSteps,
     check_checkpoint,
+    load_checkpoint,
 )
 from common.training.strategy import TeacherPlacement
 from common.training.trainer import build_trainer
@@ -101,7 +102,7 @@ def run_fit(
             },
         )
     t0, c0 = time.time(), time.process_time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     train_s, train_cpu = time.time() - t0, time.process_time() - c0
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     preempt = next(c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
@@ -171,7 +172,7 @@ def _leave_process_group() -> None:
 
 def _reload(build: Callable[[], tuple[L.LightningModule, Any, dict]], ckpt: Path) -> L.LightningModule:
     module, _, _ = build()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     module.load_state_dict(state["state_dict"], strict=False)
     module.on_load_checkpoint(state)
     return module

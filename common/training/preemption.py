@@ -39,10 +39,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_open(Path(path)) as f:
                 torch.save(checkpoint, f)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError chained from ENOSPC
             raise CheckpointError(
-                f"could not write checkpoint {path} ({err.strerror or err}); the previous one is kept"
+                f"could not write checkpoint {path} ({_reason(err)}); the previous one is kept"
             ) from None
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
+        return load_checkpoint(Path(path))
+
+
+def _reason(err: BaseException) -> str:
+    """The OS-level reason of an error (a chained OSError's strerror, e.g. 'No space left on device'), else its first
+    line."""
+    e: Optional[BaseException] = err
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        e = e.__cause__ or e.__context__
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint the user points at, read with ``weights_only=True``: tensors and plain data only, so a
+    file carrying a pickle payload is refused in one line and never executed."""
+    import pickle
+
+    import torch
+
+    check_checkpoint(Path(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain data, refused (loading it could run "
+            f"code): {first[:160]}"
+        ) from None
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path} ({_reason(err)})") from None
 
 
 def check_checkpoint(path: Path) -> Path:
