@@ -161,10 +161,9 @@ def map_names(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], lis
 
 def _tokenizer(path: Path, cfg: dict[str, Any]):
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from ark_asr.model import ARK_SPECIALS, STOP
-
-    from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # it reads config.json and warns that 'arkasr' is no transformers model type

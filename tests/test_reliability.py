@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from common.cli import main
+from common.config import from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-from common.config import from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ark import TINY_LLM  # noqa: E402
@@ -95,7 +95,8 @@ try:
     err = None
 except CheckpointError as e:
     err = str(e)
-print(json.dumps({"err": err, "kept": target.read_bytes() == good, "files": sorted(p.name for p in target.parent.iterdir())}))
+files = sorted(p.name for p in target.parent.iterdir())
+print(json.dumps({"err": err, "kept": target.read_bytes() == good, "files": files}))
 """
 
 
