@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     from common.audio import AudioError, DependencyError
     from common.data.manifests import ManifestError
-    from common.io import RunDirExistsError
+    from common.io import RunDirExistsError, RunDirLockedError
     from common.runs import RunError
     from common.teachers.cache import CacheMismatchError
     from common.training.preemption import CheckpointError
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         ManifestError,
         AudioError,
         RunDirExistsError,
+        RunDirLockedError,
         FileNotFoundError,
         CacheMismatchError,
         RunError,

@@ -12,6 +12,7 @@ Supported field types: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .nan would pass every `x > 0` check after it
+                raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
             return float(value)
         raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
     if tp is str:

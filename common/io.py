@@ -103,5 +103,50 @@ def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
     return path
 
 
+class RunDirLockedError(RuntimeError):
+    """Another live process holds the run directory (the message names its host and pid)."""
+
+
+def lock_path(run_dir: Path) -> Path:
+    """The lock of a run directory: a hidden file beside it (``.NAME.lock``), so ``--overwrite`` never removes it and
+    the run directory itself is not created before the start-up checks pass."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
+    """One process per run directory, for the whole run: an exclusive ``flock`` on :func:`lock_path`. A second process
+    waits up to ``wait_seconds`` (a requeued SLURM job starting while the first is still being stopped), then is
+    refused in one line naming the holder (host, pid, start time). The kernel releases the lock when its holder dies
+    (``kill -9`` too), so a dead holder never blocks the next job; the holder's identity in the file is informative."""
+    import fcntl
+    import socket
+    import time
+
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, default_file_mode())
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                    raise RunDirLockedError(
+                        f"run directory {run_dir} is in use by {holder} (lock {path}); wait for it or stop it"
+                    ) from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {stamp}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def is_complete(path: Path) -> bool:
     return (Path(path) / SUMMARY).is_file()

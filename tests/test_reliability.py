@@ -157,6 +157,47 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused_never_run(tiny_corpus
     assert not marker.exists()
 
 
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from common.io import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_two_jobs_never_share_a_run_directory(tiny_corpus, tmp_path):
+    """A second fit on a run directory that a live process holds is refused in one line naming the holder (host,
+    pid), before it touches anything (it used to remove the first job's checkpoint temp file, so the first job's final
+    write failed); once the holder dies (kill -9: the kernel drops its flock) the next job runs, and a resume waits
+    for the lock up to trainer.lock_wait_seconds."""
+    import subprocess
+
+    from ark_asr.run import fit
+    from common.io import RunDirLockedError
+
+    run = tmp_path / "run"
+    tmp = run / "checkpoints" / ".last.ckpt.abc.tmp"  # the first job's checkpoint being written
+    tmp.parent.mkdir(parents=True)
+    tmp.write_bytes(b"partial")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for resume in (False, True):
+            cfg = _sft_cfg(tiny_corpus, run, lock_wait_seconds=1.0)
+            with pytest.raises(RunDirLockedError) as err:
+                fit(cfg, resume=resume)
+            msg = str(err.value)
+            assert f"pid {holder.pid} on host" in msg and str(run) in msg and "\n" not in msg
+        assert tmp.read_bytes() == b"partial" and not (run / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = fit(_sft_cfg(tiny_corpus, run, max_steps=1), resume=True)  # the dead holder's lock is free
+    assert summary["steps"] == 1 and not tmp.exists()  # stale temp files removed, now under the lock
+
+
 def test_resume_refuses_a_truncated_checkpoint_in_one_line(tiny_corpus, tmp_path, capsys):
     from ark_asr.run import fit
 

@@ -79,6 +79,9 @@ class TrainerConfig:
     """Logging interval."""
     seed: int = 0
     """Global seed (weights init, sampling, dropout)."""
+    lock_wait_seconds: float = 120.0
+    """With --resume, how long to wait for the run directory's lock when another process holds it (a requeued job
+    starting while the previous one is still being stopped); then refused in one line. A fresh run never waits."""
     deterministic: bool = False
     """torch deterministic algorithms."""
     progress_bar: bool = True
@@ -91,6 +94,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.accumulate_grad_batches < 1:
             raise ValueError("max_steps and accumulate_grad_batches must be >= 1")
+        if self.lock_wait_seconds < 0:
+            raise ValueError("trainer.lock_wait_seconds must be >= 0")
         if self.keep_step_ckpts is not None and self.keep_step_ckpts < 1:
             raise ValueError("trainer.keep_step_ckpts must be >= 1 (or null: keep all)")
         if self.progress_every_n_steps < 1 or self.log_every_n_steps < 1:

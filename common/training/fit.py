@@ -61,6 +61,18 @@ def run_fit(
     :class:`Preempted` / Lightning's ``SIGTERMException``.
     """
 
+    import contextlib
+
+    from common.io import run_dir_lock
+
+    run_dir = Path(cfg.run_dir)
+    # one process per run directory for the whole run (rank 0 holds it; the other ranks are its own processes)
+    lock = run_dir_lock(run_dir, cfg.trainer.lock_wait_seconds if resume else 0.0)
+    with lock if launch_rank() == 0 else contextlib.nullcontext():
+        return _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_trained, callbacks)
+
+
+def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_trained, callbacks) -> dict[str, Any]:
     from common.config import save_yaml
     from common.io import SUMMARY, atomic_write_json, git_revision, is_complete, prepare_run_dir
 
@@ -74,7 +86,7 @@ def run_fit(
             return done
         if launch_rank() == 0:  # a longer schedule: continue from last.ckpt; the finished run's summary is kept
             (run_dir / SUMMARY).rename(run_dir / f"summary.step{done['steps']:07d}.json")
-    if launch_rank() == 0:  # temporary files of a checkpoint write that was killed (SIGKILL, power loss)
+    if launch_rank() == 0:  # temporary files of a killed checkpoint write (SIGKILL, power loss); we hold the lock
         for stale in (run_dir / "checkpoints").glob(".*.tmp") if (run_dir / "checkpoints").is_dir() else []:
             stale.unlink(missing_ok=True)
     ckpt = last_checkpoint(run_dir) if resume else None
@@ -182,6 +194,7 @@ def _reload(build: Callable[[], tuple[L.LightningModule, Any, dict]], ckpt: Path
 # which sets it evaluates and how it decodes them. Anything else changes what the run computes: a new run.
 RESUMABLE_KEYS = (
     "run_dir",
+    "trainer.lock_wait_seconds",
     "trainer.max_steps",
     "trainer.val_every_n_steps",
     "trainer.ckpt_every_n_steps",
