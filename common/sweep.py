@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -72,6 +74,38 @@ class SweepConfig:
         for k, v in self.grid.items():
             if not v:
                 raise ValueError(f"grid.{k}: needs at least one value")
+        if not _SAFE_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name: {self.name!r} may hold only letters, digits and . _ + - (it becomes a SLURM job name)"
+            )
+        _no_control("base", self.base)
+        _no_control("out_dir", self.out_dir)
+        for i, o in enumerate(self.overrides):
+            _no_control(f"overrides[{i}]", o)
+        for k, values in self.grid.items():
+            _no_control("grid key", k)
+            for v in values:
+                _no_control(f"grid.{k}", v)
+        for i, run in enumerate(self.runs):
+            for k, v in run.items():
+                _no_control(f"runs[{i}].{k}", v)
+        for key in ("partition", "account", "qos", "constraint"):
+            _no_control(f"slurm.{key}", getattr(self.slurm, key))
+        for i, line in enumerate(self.slurm.setup):
+            _no_control(f"slurm.setup[{i}]", line)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]+")
+
+
+def _no_control(key: str, value: Any) -> None:
+    """Strings that reach a shell script (sbatch lines, printed commands) hold no control characters: a newline in a
+    ``#SBATCH`` comment or a run name becomes a line the shell executes."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, str):
+            bad = next((c for c in v if ord(c) < 32 or ord(c) == 127), None)
+            if bad is not None:
+                raise ValueError(f"{key}: {v!r} holds a control character ({bad!r})")
 
 
 @dataclass
@@ -172,7 +206,7 @@ def run_local(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
             continue
         if dry_run:
             status[r.name] = "would run"
-            log(f"[{i}/{len(runs)}] {r.name}: would run: {' '.join(cmd[1:])}")
+            log(f"[{i}/{len(runs)}] {r.name}: would run: {shlex.join(cmd[1:])}")
             continue
         log(f"[{i}/{len(runs)}] {r.name}: running")
         write_index(cfg, runs, status)
@@ -235,12 +269,18 @@ def slurm_overrides(cfg: SweepConfig) -> list[str]:
     ]
 
 
+def submitit_folder(cfg: SweepConfig) -> Path:
+    """The folder submitit's executor gets (it makes it absolute, as here)."""
+    return (Path(cfg.out_dir) / ".submitit").expanduser().absolute()
+
+
 def sbatch_script(cfg: SweepConfig, n_runs: int) -> str:
-    """The sbatch file submitit would submit for the array (for --dry-run and tests; no SLURM needed)."""
+    """The sbatch file submitit submits for the array, built as submitit's ``SlurmExecutor`` builds it (same folder,
+    same quoted command, same parameters) so that --dry-run prints what would be submitted; no SLURM needed."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    folder = Path(cfg.out_dir) / ".submitit" / "%j"
-    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
+    folder = submitit_folder(cfg)
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, map_count=n_runs, **slurm_parameters(cfg))
 
 
@@ -252,7 +292,7 @@ def run_slurm(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
     todo = [r for r in runs if not is_complete(Path(r.run_dir))]
     status = {r.name: "done" for r in runs if r not in todo}
     for r in todo:
-        log(f"{r.name}: {' '.join(fit_command(cfg, r, extra)[1:])}")
+        log(f"{r.name}: {shlex.join(fit_command(cfg, r, extra)[1:])}")
     if dry_run or not todo:
         if todo:
             log(f"--- sbatch script (array of {len(todo)} runs) ---\n{sbatch_script(cfg, len(todo))}")
@@ -260,7 +300,7 @@ def run_slurm(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
         return status
     import submitit
 
-    ex = submitit.AutoExecutor(folder=Path(cfg.out_dir) / ".submitit", cluster="slurm")
+    ex = submitit.AutoExecutor(folder=submitit_folder(cfg), cluster="slurm")
     p = slurm_parameters(cfg)
     ex.update_parameters(
         name=p.pop("job_name"),

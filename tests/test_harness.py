@@ -221,6 +221,42 @@ def test_slurm_dry_run_is_a_valid_array_submission(tmp_path, capsys):
     )
 
 
+def test_sweep_fields_that_reach_a_shell_are_validated_and_quoted(tmp_path, capsys):
+    """A newline in a sweep name (it became an executed line of the sbatch script) or in a SLURM field is refused in
+    one line; an out_dir with a ';' stays one quoted argument in the dry-run script, which is built as submitit builds
+    the submitted one; printed commands are shell-quoted (shlex.split gives the arguments back)."""
+    import json
+    import shlex
+
+    from common.config import load
+    from common.sweep import SweepConfig, run_local, run_slurm, sbatch_script, submitit_folder
+
+    base = REPO / "configs/sweeps/ark_opd_direction.yaml"
+    for field, value, key in (
+        ("name", "x\ntouch PWNED", "name"),
+        ("slurm", {"partition": "gpu\nrm -rf ~"}, "slurm.partition"),
+        ("out_dir", "runs/a\nb", "out_dir"),
+    ):
+        bad = tmp_path / f"bad_{key}.yaml"  # YAML keeps the newline (a command-line override would not)
+        bad.write_text(f"_base_: {base}\n{field}: {json.dumps(value)}\n")
+        with pytest.raises(ValueError) as err:
+            load(SweepConfig, bad, [] if field == "out_dir" else [f"out_dir={tmp_path}"])
+        assert key in str(err.value) and "\n" not in str(err.value), str(err.value)
+    out_dir = tmp_path / "my sweep; touch PWNED"
+    cfg = load(SweepConfig, base, [f"out_dir={out_dir}", "overrides=[optim.lr=1e-4, 'trainer.seed=1']"])
+    script = sbatch_script(cfg, 3)
+    cmd = [line for line in script.splitlines() if "submitit.core._submit" in line][0]
+    words = shlex.split(cmd)
+    assert str(submitit_folder(cfg)) in words and not any(w.startswith("touch") for w in words), cmd
+    run_slurm(cfg, dry_run=True)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "--resume" in line]
+    assert printed and all(shlex.split(line.split(": ", 1)[1])[-1] == "--resume" for line in printed)
+    assert any(f"run_dir={out_dir}/" in w for w in shlex.split(printed[0].split(": ", 1)[1]))
+    run_local(cfg, dry_run=True)
+    would = [line for line in capsys.readouterr().out.splitlines() if "would run" in line]
+    assert would and any(f"run_dir={out_dir}/" in w for w in shlex.split(would[0].split("would run: ", 1)[1]))
+
+
 def test_tiny_sweep_runs_locally_and_relaunch_skips(tiny_corpus, tmp_path):
     """Two tiny ASKD runs through `asr-distill sweep`; the ablation table lists both; a re-launch runs nothing."""
     sweep = tmp_path / "sweep.yaml"
