@@ -8,6 +8,7 @@ reads WAV, FLAC, OGG/Vorbis/Opus and MP3. torchaudio is imported in one place, :
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     (truncated: a copy cut short, a full disk) is an :class:`AudioError` naming both counts."""
     p = Path(path)
     if not p.is_file():
-        raise AudioError(f"audio file not found: {p}")
+        raise AudioError(_not_a_file(p))
     try:
         info = sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError) as err:
@@ -109,6 +110,28 @@ def audio_info(path: str | Path) -> AudioInfo:
     if declared is not None and info.frames < declared:
         raise AudioError(f"truncated audio file {p}: its header declares {declared} frames, it holds {info.frames}")
     return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def _not_a_file(p: Path) -> str:
+    """Why ``p`` is no audio file: missing, a directory, a symlink loop or dangling link, a device or pipe."""
+    import stat
+
+    if p.is_symlink():
+        try:
+            p.resolve(strict=True)
+        except RuntimeError:
+            return f"audio path {p} is a symbolic link loop"
+        except OSError:
+            return f"audio file not found: {p} (a dangling symbolic link to {os.readlink(p)})"
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return f"audio file not found: {p}"
+    except OSError as err:  # ELOOP, EACCES on a parent, ...
+        return f"audio path {p} cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return f"audio path {p} is a directory, not a file"
+    return f"audio path {p} is not a regular file (a device, pipe or socket)"
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
@@ -145,6 +168,37 @@ def load_audio(
         raise AudioError(f"audio file {path} contains NaN or Inf samples")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return resample(mono, sr, target_sr)
+
+
+def decode_check(
+    path: str | Path, offset: float = 0.0, duration: float | None = None, block_seconds: float = 60.0
+) -> None:
+    """Decode ``path`` (or a segment) completely, ``block_seconds`` at a time, without keeping it: an
+    :class:`AudioError` names the file when the data cannot be decoded, is shorter than its header says, or holds
+    NaN/Inf. Memory stays at one block whatever the header declares."""
+    info = audio_info(path)
+    start = int(round(offset * info.sample_rate))
+    stop = (
+        info.num_frames if duration is None else min(info.num_frames, start + int(round(duration * info.sample_rate)))
+    )
+    block = max(1, int(block_seconds * info.sample_rate))
+    try:
+        with sf.SoundFile(str(path)) as f:
+            f.seek(start)
+            pos = start
+            while pos < stop:
+                data = f.read(min(block, stop - pos), dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    raise AudioError(
+                        f"audio file {path} ends at {pos / info.sample_rate:.1f} s, before its header's end"
+                    )
+                if not np.isfinite(data).all():
+                    raise AudioError(
+                        f"audio file {path} contains NaN or Inf samples (near {pos / info.sample_rate:.1f} s)"
+                    )
+                pos += data.shape[0]
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"unreadable audio file {path}: {err}") from err
 
 
 def as_numpy(audios) -> list[np.ndarray]:

@@ -27,8 +27,9 @@ def _english_normaliser():
 
 
 def normalize_english(text: str) -> str:
-    """Whisper English normaliser, with white space collapsed."""
-    return " ".join(_english_normaliser()(text).split())
+    """Whisper English normaliser, with white space collapsed; a word left with no letter or digit (the normaliser
+    keeps a lone '.' of '...', which would score as a one-word reference) is dropped."""
+    return " ".join(w for w in _english_normaliser()(text).split() if any(ch.isalnum() for ch in w))
 
 
 def normalize_mandarin(text: str) -> str:

@@ -127,3 +127,90 @@ def test_hf_dataset_split(tmp_path):
 
     cuts, rep = from_hf_dataset(ds, tmp_path / "cache", name="toy")
     assert rep.n_ok == 2 and [c.supervisions[0].text for c in cuts] == ["one", "two"]
+
+
+# -- clear one-liners and counted implausibility (issue 22); each failed on the code before --------------------------
+def test_duplicate_ids_are_named_with_their_rows(tmp_path):
+    """Two distinct absolute paths with the same last two components get the same id: the error names the id and
+    both rows (it said only 'duplicate utterance ids')."""
+    a = _wav(tmp_path / "disk1" / "spk" / "u.wav")
+    b = _wav(tmp_path / "disk2" / "spk" / "u.wav")
+    m = _jsonl(
+        tmp_path / "set" / "manifest.jsonl",
+        [{"audio_filepath": str(a), "text": "a"}, {"audio_filepath": str(b), "text": "b"}],
+    )
+    with pytest.raises(ManifestError) as err:
+        load_manifest(m)
+    msg = str(err.value)
+    assert "'set/spk/u'" in msg and f"{m}:1" in msg and f"{m}:2" in msg and "give each row an 'id'" in msg
+
+
+def test_a_directory_a_link_loop_and_a_device_are_not_called_missing(tmp_path):
+    import os
+
+    (tmp_path / "set" / "adir.wav").mkdir(parents=True)
+    os.symlink(tmp_path / "set" / "loop2.wav", tmp_path / "set" / "loop1.wav")
+    os.symlink(tmp_path / "set" / "loop1.wav", tmp_path / "set" / "loop2.wav")
+    rows = [{"audio_filepath": p, "text": "x"} for p in ("adir.wav", "loop1.wav", "/dev/zero", "gone.wav")]
+    _, report = load_manifest(_jsonl(tmp_path / "set" / "manifest.jsonl", rows), policy="skip")
+    kinds = [(p.kind, p.message) for p in report.problems]
+    assert kinds[0][0] == "not_a_file" and "is a directory" in kinds[0][1]
+    assert "symbolic link loop" in kinds[1][1]
+    assert kinds[2][0] == "not_a_file" and "not a regular file" in kinds[2][1]
+    assert kinds[3][0] == "missing_audio" and "not found" in kinds[3][1]
+
+
+def test_a_byte_order_mark_is_read_and_a_non_number_names_row_and_key(tmp_path):
+    _wav(tmp_path / "set" / "a.wav")
+    m = tmp_path / "set" / "manifest.jsonl"
+    m.write_bytes(b"\xef\xbb\xbf" + json.dumps({"audio_filepath": "a.wav", "text": "hi"}).encode() + b"\n")
+    cuts, _ = load_manifest(m)
+    assert len(cuts) == 1
+    m2 = _jsonl(tmp_path / "set" / "m2.jsonl", [{"audio_filepath": "a.wav", "text": "hi", "duration": "long"}])
+    with pytest.raises(ManifestError) as err:
+        load_manifest(m2)
+    assert f"{m2}:1: bad_value: 'duration' must be a finite number, got 'long'" in str(err.value)
+
+
+def test_implausible_rows_are_counted_not_refused(tmp_path):
+    """2000 words for 1.9 s (a label a decoder's 440-token limit would cut to nothing useful), Han text declared
+    English, both counted by validation and printed by `data validate`; the rows still load."""
+    _wav(tmp_path / "set" / "a.wav", 1.9)
+    _wav(tmp_path / "set" / "b.wav", 2.0)
+    m = _jsonl(
+        tmp_path / "set" / "manifest.jsonl",
+        [
+            {"audio_filepath": "a.wav", "text": " ".join(["word"] * 2000), "language": "en"},
+            {"audio_filepath": "b.wav", "text": "今天天气很好", "language": "en"},
+        ],
+    )
+    cuts, report = load_manifest(m)
+    assert len(cuts) == 2 and [w.kind for w in report.warnings] == ["implausible_rate", "script_mismatch"]
+    out = subprocess.run(
+        [sys.executable, "-m", "common.cli", "data", "validate", str(m)], capture_output=True, text=True
+    )
+    assert "implausible but kept: implausible_rate=1, script_mismatch=1" in out.stdout and out.returncode == 0
+
+
+def test_decode_check_reads_in_bounded_memory(tmp_path):
+    """`data validate --decode` on a WAV whose header declares 2 hours: decoded block by block (it read the whole
+    file into memory: ~8 GB for a 37-hour header). A sparse file, so the test writes almost nothing."""
+    import struct
+
+    p = tmp_path / "long.wav"
+    sr, n = 16000, 16000 * 7200
+    with open(p, "wb") as f:
+        f.write(
+            b"RIFF" + struct.pack("<I", 36 + 2 * n) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, sr, 2 * sr, 2, 16)
+        )
+        f.write(b"data" + struct.pack("<I", 2 * n))
+        f.truncate(44 + 2 * n)  # sparse zeros
+    probe = (
+        "import resource, sys; from common.audio import decode_check; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; decode_check(sys.argv[1]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(p)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-1000:]
+    grew_mb = int(out.stdout.strip()) / 1024
+    assert grew_mb < 100, grew_mb  # the whole file as float32 would be 460 MB

@@ -104,3 +104,11 @@ def test_add_invalidates_the_cached_result():
     assert m.compute()["error_rate"].item() == 0.0
     m.add(score_utterance("a b", "a c", "en"), score_utterance("a b", "a c", "en", normalised=False))
     assert m.compute()["error_rate"].item() == 0.25
+
+
+def test_a_punctuation_only_reference_is_an_empty_reference():
+    """'...' normalises to no word (the Whisper normaliser kept a lone '.', scored as a one-word reference)."""
+    m = ErrorRate()
+    m.update(["hello"], ["..."], "en")
+    r = m.compute()
+    assert int(r["n_empty_refs"]) == 1 and int(r["ref_units"]) == 0 and int(r["ins"]) == 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     sample_rates: dict[int, int] = field(default_factory=dict)
     total_seconds: float = 0.0
+    warnings: list[Problem] = field(default_factory=list)
+    """Rows that load but look implausible (counted, not refused): see :func:`plausibility`."""
 
     @property
     def n_bad(self) -> int:
@@ -84,6 +87,17 @@ class ValidationReport:
         lines = [f"{head} ({kinds})"] + [f"  {p}" for p in self.problems[:max_items]]
         if len(self.problems) > max_items:
             lines.append(f"  ... and {len(self.problems) - max_items} more")
+        return "\n".join(lines)
+
+    def warning_summary(self, max_items: int = 5) -> str:
+        """Implausible rows (loaded, counted): one line of counts and a few examples; empty when there are none."""
+        if not self.warnings:
+            return ""
+        counts: dict[str, int] = {}
+        for w in self.warnings:
+            counts[w.kind] = counts.get(w.kind, 0) + 1
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        lines = [f"  implausible but kept: {kinds}"] + [f"    {w}" for w in self.warnings[:max_items]]
         return "\n".join(lines)
 
 
@@ -140,6 +154,7 @@ def _make_cut(
         info = audio_info(path)
     except AudioError as err:
         kind = "missing_audio" if "not found" in str(err) else "unreadable_audio"
+        kind = "not_a_file" if " is a " in str(err) or "not a regular file" in str(err) else kind
         kind = "truncated_audio" if str(err).startswith("truncated") else kind
         report.problems.append(Problem(source, kind, str(err)))
         return None
@@ -183,10 +198,39 @@ def _make_cut(
             custom={"language_detected": True} if language_detected else None,
         )
     ]
+    report.warnings.extend(plausibility(text, language, cut.duration, source))
     report.sample_rates[info.sample_rate] = report.sample_rates.get(info.sample_rate, 0) + 1
     report.total_seconds += cut.duration
     report.n_ok += 1
     return cut
+
+
+MAX_WORDS_PER_SECOND = 8.0  # fast read English is ~4-5 words/s; an auctioneer ~7
+MAX_CHARS_PER_SECOND = 12.0  # fast Mandarin is ~6-8 characters/s
+MAX_PLAUSIBLE_SECONDS = 3600.0  # one utterance of an hour or more is a whole recording, not a training example
+
+
+def plausibility(text: str, language: str, duration: float, source: str) -> list[Problem]:
+    """What a row's text, language and duration say about each other, counted by validation (never refused): more
+    words (en) or characters (zh) per second than speech holds (a transcript of another file, or a label that a
+    model's maximum target length would cut), a script that contradicts the declared language (Han text under
+    ``en`` is scored as one English word per clip), or a duration of hours."""
+    from common.text import detect_language
+
+    out = []
+    if not text:  # audio-only rows: nothing to compare
+        return out if duration < MAX_PLAUSIBLE_SECONDS else [Problem(source, "very_long", f"{duration / 3600:.1f} h")]
+    n = len(text.split()) if language == "en" else sum(not ch.isspace() for ch in text)
+    limit = MAX_WORDS_PER_SECOND if language == "en" else MAX_CHARS_PER_SECOND
+    if duration > 0 and n / duration > limit:
+        unit = "words" if language == "en" else "characters"
+        out.append(Problem(source, "implausible_rate", f"{n} {unit} in {duration:.2f} s ({n / duration:.0f}/s)"))
+    script = detect_language(text)
+    if script != language:
+        out.append(Problem(source, "script_mismatch", f"declared language {language!r}, text is written in {script!r}"))
+    if duration >= MAX_PLAUSIBLE_SECONDS:
+        out.append(Problem(source, "very_long", f"{duration / 3600:.1f} h of audio in one utterance"))
+    return out
 
 
 def _check_text(text: Any, source: str, report: ValidationReport) -> str | None:
@@ -196,7 +240,9 @@ def _check_text(text: Any, source: str, report: ValidationReport) -> str | None:
     return text.strip()
 
 
-def _finish(cuts: list, report: ValidationReport, policy: BadSamplePolicy) -> tuple[CutSet, ValidationReport]:
+def _finish(
+    cuts: list, report: ValidationReport, policy: BadSamplePolicy, where: dict[str, list[str]] | None = None
+) -> tuple[CutSet, ValidationReport]:
     if report.problems and policy == "error":
         raise ManifestError(
             f"manifest {report.manifest} has {report.n_bad} bad row(s) (bad_sample_policy=error; use 'skip' to drop "
@@ -204,7 +250,15 @@ def _finish(cuts: list, report: ValidationReport, policy: BadSamplePolicy) -> tu
         )
     ids = [c.id for c in cuts]
     if len(set(ids)) != len(ids):
-        raise ManifestError(f"manifest {report.manifest}: duplicate utterance ids")
+        seen: dict[str, int] = {}
+        for i in ids:
+            seen[i] = seen.get(i, 0) + 1
+        dups = [i for i, n in seen.items() if n > 1]
+        named = "; ".join(f"{d!r} at {', '.join((where or {}).get(d, [])[:3]) or f'{seen[d]} rows'}" for d in dups[:3])
+        raise ManifestError(
+            f"manifest {report.manifest}: {len(dups)} duplicate utterance id(s): {named} (ids come from the audio path "
+            "relative to the manifest, or its last two parts for an absolute path elsewhere: give each row an 'id')"
+        )
     return CutSet.from_cuts(cuts), report
 
 
@@ -225,11 +279,12 @@ def from_jsonl(
         raise ManifestError(f"manifest not found: {path}")
     report = ValidationReport(str(path))
     cuts = []
+    where: dict[str, list[str]] = {}  # utterance id -> the rows that give it
     for lineno, raw in _iter_lines(path):
         report.n_rows += 1
         src = f"{path}:{lineno}"
         try:
-            row = json.loads(raw.decode("utf-8"))
+            row = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))  # a BOM (Windows editors) is read
         except UnicodeDecodeError as err:
             report.problems.append(
                 Problem(src, "non_utf8", f"line is not valid UTF-8 ({err.reason} at byte {err.start})")
@@ -251,11 +306,20 @@ def from_jsonl(
                 Problem(src, "bad_language", f"unknown language {row.get('language')!r} (known: en, zh)")
             )
             continue
+        numbers = _numbers(row, ("offset", "duration", "sample_rate"), src, report)
+        if numbers is None or not isinstance(row["audio_filepath"], str) or not row["audio_filepath"]:
+            if numbers is not None:
+                report.problems.append(
+                    Problem(src, "bad_value", f"'audio_filepath' must be a path, got {row['audio_filepath']!r}")
+                )
+            continue
         audio = Path(row["audio_filepath"])
         audio = audio if audio.is_absolute() else path.parent / audio
         uid = str(row.get("id") or _utterance_id(path, Path(row["audio_filepath"])))
-        if "offset" in row and float(row.get("offset") or 0) > 0:
-            uid = f"{uid}@{float(row['offset']):.3f}"
+        offset = numbers.get("offset") or 0.0
+        if "offset" in row and offset > 0:
+            uid = f"{uid}@{offset:.3f}"
+        where.setdefault(uid, []).append(src)
         cut = _make_cut(
             uid,
             audio,
@@ -263,15 +327,36 @@ def from_jsonl(
             language,
             report,
             src,
-            offset=float(row.get("offset") or 0.0),
-            duration=None if row.get("duration") is None else float(row["duration"]),
-            declared_sr=row.get("sample_rate"),
+            offset=offset,
+            duration=numbers.get("duration"),
+            declared_sr=None if numbers.get("sample_rate") is None else int(numbers["sample_rate"]),
             is_segment="offset" in row,
             language_detected=not row.get("language"),
         )
         if cut is not None:
             cuts.append(cut)
-    return _finish(cuts, report, policy)
+    return _finish(cuts, report, policy, where)
+
+
+def _numbers(row: dict, keys: Sequence[str], src: str, report: ValidationReport) -> dict[str, float | None] | None:
+    """The numeric fields of a row as floats (None where absent); a non-number is a ``bad_value`` problem naming the
+    row and the key (``"duration": "long"``)."""
+    out: dict[str, float | None] = {}
+    for k in keys:
+        v = row.get(k)
+        if v is None:
+            out[k] = None
+            continue
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out[k] = float(v)
+            if not math.isfinite(out[k]):
+                raise ValueError
+        except (TypeError, ValueError):
+            report.problems.append(Problem(src, "bad_value", f"'{k}' must be a finite number, got {v!r}"))
+            return None
+    return out
 
 
 def _supervision(cut, src: str, report: ValidationReport):

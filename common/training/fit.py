@@ -116,7 +116,7 @@ def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_tr
     t0, c0 = time.time(), time.process_time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     train_s, train_cpu = time.time() - t0, time.process_time() - c0
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # the full state, resumable
     preempt = next(c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
     if preempt.stopped_at is not None:
         if preempt.deferred is not None:  # e.g. submitit / Lightning requeue the job now that the checkpoint exists
