@@ -465,7 +465,7 @@ class ArkStudent(nn.Module):
         """``ark_config.json``, ``model.safetensors`` (LoRA merged) and the tokenizer/feature-extractor files."""
         from safetensors.torch import save_file
 
-        from common.io import atomic_write_json
+        from common.io import atomic_write_json, publish
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -491,7 +491,7 @@ class ArkStudent(nn.Module):
             out / "ark_config.json",
             {"model": asdict(self.cfg), "encoder_config": enc_cfg, "llm_config": llm.config.to_dict()},
         )
-        return out
+        return publish(out)
 
     @classmethod
     def from_pretrained(

@@ -12,6 +12,7 @@ from askd_whisper.module import AskdModule
 from common.data.collate import WhisperCollator
 from common.data.datamodule import AudioDataModule
 from common.evaluate import WhisperTranscriber
+from common.io import publish
 from common.teachers.whisper_teacher import WhisperTeacher
 from common.training import launch_rank, run_fit
 from common.training.preemption import load_checkpoint
@@ -108,4 +109,4 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     proc.save_pretrained(out)
-    return out
+    return publish(out)

@@ -27,6 +27,19 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def publish(path: Path) -> Path:
+    """Give ``path`` (a file, or a directory and everything under it) the modes any new file or folder gets under the
+    umask: writers such as safetensors' ``save_file`` and ``tempfile.mkdtemp`` create 0600 files and 0700 folders,
+    which collaborators on a cluster cannot read. Returns ``path``."""
+    path = Path(path)
+    file_mode = default_file_mode()
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # rw-r--r-- -> rwxr-xr-x: readable folders are traversable
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, dir_mode if p.is_dir() else file_mode)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """A binary file that becomes ``path`` only when the block completes: written to a temporary file in the same

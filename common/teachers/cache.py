@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from common.data.datamodule import cut_audio
 from common.data.manifests import load_manifest, manifest_digest
-from common.io import atomic_write_json
+from common.io import atomic_write_json, publish
 from common.metrics import ErrorRate, score_utterance
 from common.teachers import TeacherConfig, build_teacher
 
@@ -155,6 +155,7 @@ def build_cache(
         shard = cuts[si * cfg.shard_size : (si + 1) * cfg.shard_size]
         tensors, utts = _compute_shard(cfg, teacher, shard)
         save_file(tensors, str(out / f".{name}.tmp"), metadata={"utts": json.dumps(utts, ensure_ascii=False)})
+        publish(out / f".{name}.tmp")  # safetensors writes 0600
         (out / f".{name}.tmp").replace(out / name)
         index["shards"] = [s for s in index["shards"] if s["file"] != name] + [
             {"file": name, "ids": [u["id"] for u in utts]}
