@@ -19,7 +19,7 @@ import torch
 from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
-from common.training import ValidationLog, configure_optim, gathered_params
+from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
 
 
 def teacher_entries_in_student(S: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,7 @@ class ArkModule(L.LightningModule):
         self.token_map = token_map
         self.dev_names = list(dev_names)
         self.val_log = ValidationLog(self.dev_names)
+        self.train_skips = TrainSkips()
         if cfg.stage == "opd" and (teacher is None or token_map is None):
             raise ValueError("stage opd needs a teacher and a token map")
         if cfg.stage == "opd" and cfg.opd.teacher_encoder_cache_mb and not hasattr(teacher, "encode"):
@@ -58,8 +59,7 @@ class ArkModule(L.LightningModule):
 
     # -- stages ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
-        if batch["skipped"]:  # unreadable audio under bad_sample_policy=skip: counted, never silent
-            self.log("train/skipped_utterances", float(len(batch["skipped"])), reduce_fx="sum", batch_size=1)
+        self.train_skips.count(self, batch)  # unreadable audio under bad_sample_policy=skip: counted, never silent
         if not batch["ids"]:
             return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
         if self.cfg.stage in ("sft", "td"):

@@ -20,7 +20,7 @@ from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teach
 from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
-from common.training import ValidationLog, configure_optim, gathered_params
+from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
 
 
 class LossWeights(NamedTuple):
@@ -47,6 +47,7 @@ class AskdModule(L.LightningModule):
         self.cache = cache
         self.dev_names = list(dev_names)
         self.val_log = ValidationLog(self.dev_names)
+        self.train_skips = TrainSkips()
         self._pending_self_teacher: Optional[dict] = None
 
     # -- schedules ------------------------------------------------------------------------------
@@ -130,8 +131,7 @@ class AskdModule(L.LightningModule):
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
-        if batch["skipped"]:  # unreadable audio under bad_sample_policy=skip: counted, never silent
-            self.log("train/skipped_utterances", float(len(batch["skipped"])), reduce_fx="sum", batch_size=1)
+        self.train_skips.count(self, batch)  # unreadable audio under bad_sample_policy=skip: counted, never silent
         if not batch["ids"]:
             return None  # every utterance of the batch was skipped (bad_sample_policy=skip)
         phase, lam, beta, ce_w = self.weights(self.global_step)

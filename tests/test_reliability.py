@@ -232,11 +232,12 @@ def test_weights_and_cache_shards_respect_the_umask(tiny_corpus, tmp_path, whisp
     cache shard, an ASKD export and the converted bundled Whisper (safetensors wrote 0600, mkdtemp 0700)."""
     import stat
 
+    from test_ark import _model_cfg
+
     from ark_asr.model import build_student
     from common.teachers.cache import CacheConfig, build_cache
     from common.teachers.whisper_teacher import WhisperTeacher
     from common.whisper import convert_bundled
-    from test_ark import _model_cfg
 
     old = os.umask(0o022)
     try:
@@ -262,6 +263,35 @@ def test_weights_and_cache_shards_respect_the_umask(tiny_corpus, tmp_path, whisp
     for p in written:
         want = 0o755 if p.is_dir() else 0o644
         assert stat.S_IMODE(p.stat().st_mode) == want, (p, oct(p.stat().st_mode))
+
+
+def test_audio_that_fails_to_decode_mid_training_is_counted_once(tiny_corpus, tmp_path):
+    """A WAV whose header is fine but whose samples are NaN, in the training set under bad_sample_policy: skip: the
+    fit summary counts it once (it was missing from data_skipped) and TensorBoard's running total reads 1 from the
+    skip on, never more (it showed 1.0 at every step as if each step skipped one)."""
+    import numpy as np
+    import soundfile as sf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ark_asr.run import fit
+
+    rows = [json.loads(l) for l in (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()][:6]
+    for r in rows:
+        r["audio_filepath"] = str(tiny_corpus / "en_train" / r["audio_filepath"])
+    nan = tmp_path / "data" / "nan.wav"
+    nan.parent.mkdir()
+    sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    rows.append({"audio_filepath": str(nan), "text": "not a number", "language": "en"})
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=8)
+    cfg.data.train, cfg.data.bad_sample_policy = [str(manifest)], "skip"
+    summary = fit(cfg)
+    assert summary["data_skipped"]["train_undecodable"] == 1, summary["data_skipped"]
+    ev = EventAccumulator(str(next((tmp_path / "run" / "tb").rglob("events.out.tfevents.*")).parent))
+    ev.Reload()
+    values = [e.value for e in ev.Scalars("train/skipped_utterances_total")]
+    assert values and max(values) == 1.0 and values == sorted(values), values
 
 
 def test_utterance_ids_from_absolute_paths_are_clean(tmp_path, real_speech):

@@ -175,7 +175,8 @@ class AudioDataModule(L.LightningDataModule):
 
     def skip_report(self) -> dict[str, Any]:
         """What the data left out, counted: invalid rows per manifest (bad_sample_policy: skip) and training
-        utterances outside the duration range. Audio that fails to decode later is counted in the training logs."""
+        utterances outside the duration range. Audio that fails to decode mid-training is counted by the module
+        (``common.training.TrainSkips``) and added to the fit summary as ``train_undecodable``."""
         return {
             "invalid_rows": {r.manifest: r.n_bad for r in self.reports if r.n_bad},
             "train_outside_duration": self.n_outside_duration,

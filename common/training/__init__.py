@@ -22,7 +22,7 @@ from common.training.strategy import (
     shard_frozen,
 )
 from common.training.trainer import build_trainer
-from common.training.validation import ValidationLog
+from common.training.validation import TrainSkips, ValidationLog
 
 __all__ = [
     "FSDPConfig",
@@ -45,5 +45,6 @@ __all__ = [
     "make_strategy",
     "shard_frozen",
     "build_trainer",
+    "TrainSkips",
     "ValidationLog",
 ]

@@ -123,6 +123,7 @@ def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_tr
             preempt.deferred()
         raise Preempted(preempt.received or signal.SIGUSR1, trainer.global_step, preempt.path)
     world = trainer.world_size
+    train_skipped = module.train_skips.total(trainer) if hasattr(module, "train_skips") else 0  # every rank
     _leave_process_group()  # the rest runs on rank 0 alone
     if trainer.global_step < cfg.trainer.max_steps:  # stopped early: resumable, not complete
         return {"method": cfg.method, "steps": trainer.global_step, "stopped_early": True}
@@ -140,7 +141,7 @@ def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_tr
         "torch_threads": torch.get_num_threads(),
         "world_size": world,
         "n_trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "data_skipped": dm.skip_report(),
+        "data_skipped": {**dm.skip_report(), "train_undecodable": train_skipped},
         **info,
     }
     if cfg.data.test:

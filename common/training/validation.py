@@ -1,4 +1,5 @@
-"""Validation bookkeeping shared by both modules: error rates per dev set and TensorBoard samples."""
+"""Validation bookkeeping shared by both modules: error rates per dev set and TensorBoard samples; the training
+utterances skipped for unreadable audio."""
 
 from __future__ import annotations
 
@@ -7,6 +8,27 @@ from typing import Any
 
 import lightning as L
 import torch
+
+
+class TrainSkips:
+    """Training utterances whose audio failed to decode mid-training under ``bad_sample_policy: skip``: kept by id on
+    each rank, logged at every step as the running total over all ranks (``train/skipped_utterances_total``: one real
+    skip reads 1 from that step on, whatever ``log_every_n_steps`` samples), and summed over ranks for the fit
+    summary (``data_skipped.train_undecodable``)."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()  # each utterance once, however many epochs skip it
+
+    def count(self, module: L.LightningModule, batch: dict[str, Any]) -> None:
+        self.ids.update(uid for uid, _reason in batch.get("skipped") or [])
+        module.log(
+            "train/skipped_utterances_total", float(len(self.ids)), reduce_fx="sum", sync_dist=True, batch_size=1
+        )
+
+    def total(self, trainer: L.Trainer) -> int:
+        """All ranks' skips (a collective: every rank calls it)."""
+        n = torch.tensor(float(len(self.ids)), device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(n, reduce_op="sum").item()) if trainer.world_size > 1 else len(self.ids)
 
 
 class ValidationLog(torch.nn.Module):
