@@ -46,6 +46,10 @@ def fit(
 ) -> dict[str, Any]:
     if cfg.model.init_from:  # before the run directory exists: a fixed rerun needs no --overwrite
         check_model_dir(cfg.model.init_from)
+    if cfg.stage == "opd" and teacher is None:
+        from common.teachers import check_teacher
+
+        check_teacher(cfg.teacher)
     return run_fit(
         cfg,
         lambda: build(cfg, teacher),

@@ -66,6 +66,10 @@ def fit(
     callbacks: Optional[list] = None,
 ) -> dict:
     """Train, evaluate the test sets with the final student, write ``summary.json`` last (common.training.run_fit)."""
+    if teacher is None:  # before the run directory exists: a fixed rerun needs no --overwrite
+        from common.teachers import check_teacher
+
+        check_teacher(cfg.teacher)
 
     def build_all():
         module, dm, info = build(cfg, teacher)

@@ -198,7 +198,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = Path(args.ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} not found")
-    method = registry.get(run_method(ckpt.parent.parent))
+    run = ckpt.resolve().parent.parent
+    if not (run / "config.yaml").is_file():
+        raise ValueError(
+            f"{ckpt} is not in a run directory's checkpoints/ folder (no {run / 'config.yaml'}): export reads"
+            " the run's config.yaml and processor/ beside it; give RUN_DIR/checkpoints/last.ckpt"
+        )
+    method = registry.get(run_method(run))
     if method.export is None:
         raise ValueError(
             f"{ckpt}: {method.name} students need no export: RUN_DIR/student is the model directory "
@@ -341,7 +347,13 @@ AUDIO_COMMANDS = ("evaluate", "fit", "cache-teacher", "demo", "data")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come in several groups between options (argparse takes only the first group)
+    stray = [a for a in extra if not hasattr(args, "overrides") or a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     _quiet()
     from common.audio import AudioError, DependencyError
     from common.data.manifests import ManifestError
@@ -372,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ASR_DISTILL_DEBUG"):
             raise
         print(f"asr-distill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full run_dir / --out, a permission, a quota: one line naming the path
+        if os.environ.get("ASR_DISTILL_DEBUG"):
+            raise
+        path = err.filename if err.filename is not None else ""
+        extra = f" -> {err.filename2}" if getattr(err, "filename2", None) else ""
+        print(f"asr-distill {args.command}: error: {path}{extra}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside training (fit checkpoints on Ctrl-C itself): one line, no traceback
         if os.environ.get("ASR_DISTILL_DEBUG"):

@@ -149,9 +149,14 @@ def read_with_bases(p: Path, chain: tuple[Path, ...] = ()) -> Any:
         raise ConfigError(f"config file {p}: _base_ cycle ({' -> '.join(str(c) for c in chain)})")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"config file {p} is not valid UTF-8 YAML: {first}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {p} is not valid UTF-8 (byte {err.start}: {err.reason})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise ConfigError(f"{where}: invalid YAML: {what}" + (f" ({context})" if context else "")) from None
     raw = raw or {}
     base_ref = raw.pop("_base_", None) if isinstance(raw, dict) else None
     node = OmegaConf.create(raw)

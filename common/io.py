@@ -8,6 +8,7 @@ unless the caller asks for it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -138,6 +139,11 @@ def run_dir_lock(run_dir: Path, wait_seconds: float = 0.0) -> Iterator[None]:
     import time
 
     path = lock_path(run_dir)
+    for parent in [path.parent, *path.parent.parents]:  # a file where a folder must be: ENOTDIR, not "File exists"
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, default_file_mode())
     deadline = time.monotonic() + max(0.0, wait_seconds)

@@ -527,3 +527,136 @@ def test_step_checkpoints_kept_and_a_truncated_last_falls_back(tiny_corpus, tmp_
     )
     assert "resuming from step0000004.ckpt" in capsys.readouterr().out
     assert not stale.exists()
+
+
+# -- start-up mistakes are one line, before any run directory exists (issue 22); each failed on the code before -----
+def _fit_cli(cfg, tmp_path, *overrides) -> tuple[int, str]:
+    """`asr-distill fit` on ``cfg`` (saved as YAML) with overrides; (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from common.config import save_yaml
+
+    path = tmp_path / f"cfg_{len(list(tmp_path.glob('cfg_*.yaml')))}.yaml"
+    save_yaml(cfg, path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["fit", "-c", str(path), *overrides])
+    return rc, err.getvalue().strip()
+
+
+def test_startup_mistakes_are_one_line_and_leave_no_run_directory(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    cfg = _sft_cfg(tiny_corpus, run, max_steps=1)
+    cases = [
+        (["trainer.accelerator=gpu"], "trainer.accelerator=gpu: no CUDA device"),
+        (
+            ["stage=opd", "teacher.name_or_path=/no/such/teacher"],
+            "teacher.name_or_path: model directory /no/such/teacher",
+        ),
+        (["optim.lr=.nan"], "'optim.lr': nan is not a finite number"),
+    ]
+    if not torch.cuda.is_available():
+        for overrides, expected in cases:
+            rc, err = _fit_cli(cfg, tmp_path, *overrides)
+            assert rc == 2 and expected in err and "\n" not in err, (overrides, err)
+            assert not run.exists(), overrides
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc, err = _fit_cli(cfg, tmp_path, f"run_dir={blocker / 'run'}")  # ENOTDIR: an OSError other than not-found
+    assert rc == 2 and str(blocker) in err and "Not a directory" in err and "\n" not in err, err
+
+
+def test_a_read_only_run_dir_is_one_line(tiny_corpus, tmp_path):
+    """A real read-only file system (a read-only tmpfs in a private mount namespace; root ignores file modes)."""
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cfg = _sft_cfg(tiny_corpus, ro / "run", max_steps=1)
+    from common.config import save_yaml
+
+    save_yaml(cfg, tmp_path / "cfg.yaml")
+    cmd = (
+        f"mount -t tmpfs -o size=1m,ro tmpfs '{ro}' && "
+        f"'{sys.executable}' -m common.cli fit -c '{tmp_path / 'cfg.yaml'}'; echo rc=$?"
+    )
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, cwd=REPO)
+    if "rc=" not in out.stdout:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {out.stderr.strip()[:200]}")
+    err = [line for line in out.stderr.strip().splitlines() if "error" in line]
+    assert "rc=2" in out.stdout and len(err) == 1 and "Read-only file system" in err[0] and str(ro) in err[0], (
+        out.stderr
+    )
+
+
+def test_fewer_cuts_than_buckets_are_clamped(tiny_corpus, tmp_path):
+    rows = (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()[:3]
+    small = tmp_path / "small" / "manifest.jsonl"
+    small.parent.mkdir()
+    small.write_text(
+        "".join(
+            json.dumps(
+                {**json.loads(r), "audio_filepath": str(tiny_corpus / "en_train" / json.loads(r)["audio_filepath"])}
+            )
+            + "\n"
+            for r in rows
+        )
+    )
+    from ark_asr.run import fit
+
+    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=1)
+    cfg.data.train, cfg.data.num_buckets = [str(small)], 8
+    assert fit(cfg)["steps"] == 1
+
+
+def test_resume_of_another_methods_run_or_checkpoint_says_so(tiny_corpus, tmp_path):
+    from ark_asr.run import fit
+    from common.config import ConfigError
+    from common.training.preemption import CheckpointError
+
+    other = tmp_path / "askd_run"
+    other.mkdir()
+    (other / "config.yaml").write_text("method: askd_whisper\nrun_dir: x\n")
+    with pytest.raises(ConfigError) as err:
+        fit(_sft_cfg(tiny_corpus, other), resume=True)
+    assert f"{other} is an askd_whisper run and this config is ark_asr" in str(err.value)
+    mine = tmp_path / "ark_run"
+    fit(_sft_cfg(tiny_corpus, mine, max_steps=1))
+    ckpt = mine / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["asr_distill_method"] == "ark_asr"
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoints").mkdir(parents=True)
+    torch.save({**state, "asr_distill_method": "askd_whisper"}, foreign / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="is a checkpoint of askd_whisper, not of ark_asr"):
+        fit(_sft_cfg(tiny_corpus, foreign, max_steps=2), resume=True)
+
+
+def test_cli_messages_name_the_file_line_and_key(tmp_path, capsys):
+    """YAML errors give line and column; overrides may come in two groups; export of a checkpoint outside its run
+    directory says so (it named another folder's config.yaml)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out_dir: x\nsets: [a, b\nmodel: bundled:tiny.en\n")
+    assert main(["evaluate", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}:3:" in err and "invalid YAML" in err and "\n" not in err, err
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            "bundled:tiny.en",
+            "decoding.max_new_tokens=3",
+            "--out",
+            str(tmp_path / "e"),
+            "decoding.beams=1",
+        ]
+    )
+    assert rc == 2 and "unknown config key 'decoding.beams'" in capsys.readouterr().err  # the second group was read
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes(b"x")
+    assert main(["export", "--ckpt", str(loose), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not in a run directory's checkpoints/ folder" in err and str(tmp_path.parent / "config.yaml") in err, err

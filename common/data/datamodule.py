@@ -228,12 +228,24 @@ class AudioDataModule(L.LightningDataModule):
             self._sampler_state = None
         return sampler
 
+    def num_buckets(self) -> int:
+        """``data.num_buckets``, clamped to the training cuts there are (Lhotse's bucketing cannot make more buckets
+        than cuts: a small set, or a Distil-Whisper WER filter that kept 2 of 12, stopped with a traceback); fewer
+        than 2 cuts cannot be bucketed and are one line."""
+        n = len(self.train_cuts) if self.train_cuts is not None else 0
+        if n < 2:
+            raise ValueError(
+                f"{n} training utterance(s) left in data.train after validation, duration limits and any teacher "
+                "filter: need at least 2"
+            )
+        return max(2, min(self.cfg.num_buckets, n))
+
     def _make_sampler(self, world: int, rank: int) -> DynamicBucketingSampler:
         return DynamicBucketingSampler(
             self.train_cuts,
             max_duration=self.cfg.batch_seconds / world,
             max_cuts=self.cfg.max_cuts,
-            num_buckets=self.cfg.num_buckets,
+            num_buckets=self.num_buckets(),
             shuffle=self.cfg.shuffle,
             drop_last=self.cfg.drop_last,
             seed=self.cfg.seed,

@@ -37,8 +37,29 @@ class TeacherConfig:
             raise ValueError("teacher.name_or_path: bundled models are Whisper; qwen3_asr needs a Qwen3-ASR checkpoint")
 
 
+def check_teacher(cfg: TeacherConfig) -> None:
+    """A start-up check of ``teacher.name_or_path`` (before any run directory exists), as ``--model``'s: a local
+    directory that is missing or holds no model is one line naming the key."""
+    from common.evaluate import check_model_reference
+
+    try:
+        check_model_reference(cfg.name_or_path)
+    except ValueError as err:
+        raise ValueError(f"teacher.name_or_path: {err}") from None
+
+
 def build_teacher(cfg: TeacherConfig) -> Teacher:
-    """The frozen teacher named by ``cfg`` (eval mode, no grad)."""
+    """The frozen teacher named by ``cfg`` (eval mode, no grad); a model that cannot load (no network, no such repo,
+    missing weight files) is one line naming it."""
+    check_teacher(cfg)
+    try:
+        return _build_teacher(cfg)
+    except OSError as err:  # Hugging Face's loaders
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"teacher.name_or_path: cannot load {cfg.name_or_path}: {first}") from None
+
+
+def _build_teacher(cfg: TeacherConfig) -> Teacher:
     if cfg.kind == "whisper":
         from common.teachers.whisper_teacher import WhisperTeacher
 

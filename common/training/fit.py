@@ -65,11 +65,30 @@ def run_fit(
 
     from common.io import run_dir_lock
 
+    check_accelerator(cfg.trainer)  # start-up checks: before the lock and the run directory exist
     run_dir = Path(cfg.run_dir)
     # one process per run directory for the whole run (rank 0 holds it; the other ranks are its own processes)
     lock = run_dir_lock(run_dir, cfg.trainer.lock_wait_seconds if resume else 0.0)
     with lock if launch_rank() == 0 else contextlib.nullcontext():
         return _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_trained, callbacks)
+
+
+def check_accelerator(trainer: TrainerConfig) -> None:
+    """``trainer.accelerator: gpu`` (or cuda) on a host without a visible CUDA device, or more devices than it has, is
+    one line naming the key (Lightning raised a traceback after the run directory existed)."""
+    import os
+
+    if trainer.accelerator in ("gpu", "cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if n == 0:
+            raise ValueError(
+                f"trainer.accelerator={trainer.accelerator}: no CUDA device on this host"
+                + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+                + "; use trainer.accelerator=cpu or auto"
+            )
+        if trainer.devices > n:
+            raise ValueError(f"trainer.devices={trainer.devices}: this host has {n} CUDA device(s)")
 
 
 def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_trained, callbacks) -> dict[str, Any]:
@@ -92,11 +111,12 @@ def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_tr
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         ckpt = usable_checkpoint(ckpt)  # a truncated last.ckpt: the newest good step checkpoint, or one line
+        check_checkpoint_method(ckpt, cfg.method)
     if (not resume or not run_dir.exists()) and launch_rank() == 0:
         prepare_run_dir(run_dir, overwrite=overwrite)
     L.seed_everything(cfg.trainer.seed, workers=True)
     module, dm, info = build()
-    cbs = [TeacherPlacement(cfg.teacher)] + list(callbacks or [])
+    cbs = [TeacherPlacement(cfg.teacher), MethodStamp(cfg.method)] + list(callbacks or [])
     if stop_after_steps:
         cbs.append(StopAfterSteps(stop_after_steps))
     trainer = build_trainer(cfg.trainer, run_dir, callbacks=cbs, module=module)
@@ -235,6 +255,10 @@ def check_resume_config(run_dir: Path, cfg: Any) -> None:
     from common.config import ConfigError, to_dict
 
     saved = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    if saved.get("method") not in (None, getattr(cfg, "method", None)):
+        raise ConfigError(
+            f"--resume: {run_dir} is an {saved['method']} run and this config is {cfg.method}; use another run_dir"
+        )
     new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     changed = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
     fixed = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
@@ -245,6 +269,25 @@ def check_resume_config(run_dir: Path, cfg: Any) -> None:
             f"--resume of {run_dir} with a changed config: {diff}{more}; these change what the run computes: use a new "
             "run_dir (or --overwrite to start this one again)"
         )
+
+
+class MethodStamp(L.Callback):
+    """Writes the method's name into every checkpoint (``asr_distill_method``), so that a checkpoint of another method
+    is refused by name at resume instead of failing deep inside ``load_state_dict``."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["asr_distill_method"] = self.method
+
+
+def check_checkpoint_method(ckpt: Path, method: str) -> None:
+    """A checkpoint written by another method (its ``asr_distill_method``; read lazily, memory-mapped) is one line."""
+    state = load_checkpoint(ckpt, mmap=True)
+    other = state.get("asr_distill_method") if isinstance(state, dict) else None
+    if other is not None and other != method:
+        raise CheckpointError(f"{ckpt} is a checkpoint of {other}, not of {method}: this run cannot resume from it")
 
 
 def usable_checkpoint(last: Path) -> Path:

@@ -59,16 +59,16 @@ def _reason(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """A training checkpoint the user points at, read with ``weights_only=True``: tensors and plain data only, so a
-    file carrying a pickle payload is refused in one line and never executed."""
+    file carrying a pickle payload is refused in one line and never executed. ``mmap``: tensors are read lazily."""
     import pickle
 
     import torch
 
     check_checkpoint(Path(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
