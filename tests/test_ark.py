@@ -223,16 +223,23 @@ def test_opd_step_diagnostics(tiny_corpus, teacher):
     loss.backward()
     grads = [p.grad for p in module.student.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    for variant in (
-        {"support": "teacher"},
-        {"direction": "jsd"},
-        {"teacher_values": "raw_logit_topk"},
-        {"rollout": "sample"},
-    ):
-        cfg2 = _ark_cfg(tiny_corpus, "/tmp/unused", "opd", opd={**{"top_k": 8, "max_new_tokens": 12}, **variant})
-        module.cfg = cfg2
-        l2, _ = module.opd_step(batch)
-        assert torch.isfinite(l2), variant
+
+    # each variant changes what its name says (same batch, same weights, greedy rollouts are deterministic)
+    def run(**variant):
+        module.cfg = _ark_cfg(tiny_corpus, "/tmp/unused", "opd", opd={**{"top_k": 8, "max_new_tokens": 12}, **variant})
+        torch.manual_seed(0)
+        out = module.opd_step(batch)
+        assert torch.isfinite(out[0]), variant
+        return out
+
+    base_loss, base_logs = run()
+    _, t_logs = run(support="teacher")  # U_t = K_t alone: at most k candidates, fewer than the union
+    assert t_logs["vuss"] <= k and t_logs["vuss"] < base_logs["vuss"]
+    for variant in ({"direction": "jsd"}, {"direction": "reverse"}, {"teacher_values": "raw_logit_topk"}):
+        assert not torch.isclose(run(**variant)[0], base_loss), variant  # another divergence / other teacher values
+    _, sampled = run(rollout="sample", temperature=5.0)  # a hot sampled rollout is not the greedy one
+    _, greedy = run()
+    assert sampled["rollout_len"] != greedy["rollout_len"] or sampled["vuss"] != greedy["vuss"]
 
 
 def _glm_rope_reference(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:

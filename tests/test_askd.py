@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,9 @@ def test_weights_across_the_phase_boundary(tiny_corpus, tmp_path, teacher):
     )
     assert tuple(AskdModule(no_teacher, teacher).weights(0)) == approx("A", 0.0, 0.0, 1.0)
     off = _cfg(tiny_corpus, tmp_path / "o", trainer={"max_steps": 10}, self_kd={**sk, "enabled": False}, curriculum=cur)
-    assert AskdModule(off, teacher).boundary_step == 10 and m.weights(9).phase == "B"
+    disabled = AskdModule(off, teacher)
+    assert disabled.boundary_step == 10 and m.weights(9).phase == "B"  # with self-KD: the last steps are phase B
+    assert all(disabled.weights(s).phase == "A" and disabled.weights(s).beta == 0 for s in range(10))  # never without
 
 
 def test_fit_then_resume_is_the_same_run(tiny_corpus, tmp_path, teacher):
@@ -194,23 +197,46 @@ def test_resume_after_training_keeps_the_self_teacher(tiny_corpus, tmp_path, tea
 
 
 def test_kd_variants_run(tiny_corpus, tmp_path, teacher):
+    """Each variant trains the way its name says, read from what every step logged: gating/confidence variants use
+    the teacher in phase A (kd > 0) and switch to self-KD at the boundary; no teacher means lambda = 0 and kd = 0 at
+    every step, and self-KD disabled means phase B never comes."""
+    import lightning as L
+
     from askd_whisper.run import fit
 
-    for i, over in enumerate(
-        [
-            {
-                "curriculum": {"schedule": "linear", "adaptive": "gating"},
-                "self_kd": {"enabled": True, "self_teacher": "snapshot"},
-            },
-            {
-                "curriculum": {"schedule": "step", "adaptive": "confidence"},
-                "self_kd": {"enabled": True, "self_teacher": "prev_epoch"},
-            },
-            {"teacher_source": "none", "self_kd": {"enabled": False}},
-        ]
-    ):
-        s = fit(_cfg(tiny_corpus, tmp_path / f"r{i}", trainer={"max_steps": 3}, **over), teacher=teacher)
-        assert s["steps"] == 3
+    class Steps(L.Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+    variants = [
+        {
+            "curriculum": {"schedule": "linear", "adaptive": "gating"},
+            "self_kd": {"enabled": True, "self_teacher": "snapshot"},
+        },
+        {
+            "curriculum": {"schedule": "step", "adaptive": "confidence"},
+            "self_kd": {"enabled": True, "self_teacher": "prev_epoch"},
+        },
+        {"teacher_source": "none", "self_kd": {"enabled": False}},
+    ]
+    for i, over in enumerate(variants):
+        steps = Steps()
+        s = fit(
+            _cfg(tiny_corpus, tmp_path / f"r{i}", trainer={"max_steps": 3}, **over), teacher=teacher, callbacks=[steps]
+        )
+        assert s["steps"] == 3 and len(steps.rows) == 3
+        phases = [r["train/phase"] for r in steps.rows]
+        if over.get("teacher_source") == "none":
+            assert phases == [0.0, 0.0, 0.0] and all(r["train/lambda"] == 0 and r["train/kd"] == 0 for r in steps.rows)
+        else:  # phase A distils from the teacher, then phase B is self-KD from the boundary on
+            a = [r for r in steps.rows if r["train/phase"] == 0]
+            b = [r for r in steps.rows if r["train/phase"] == 1]
+            assert a and b and phases == sorted(phases), (i, phases)
+            assert all(r["train/kd"] > 0 and r["train/lambda"] > 0 for r in a), a
+            assert all(math.isfinite(r["train/self_kd"]) and r["train/beta"] > 0 for r in b), b
 
 
 def test_export_loads_in_transformers_pipeline(tiny_corpus, tmp_path, teacher, real_speech):

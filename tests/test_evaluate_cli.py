@@ -10,9 +10,17 @@ def test_help_lists_subcommands_and_each_has_help():
     assert out.returncode == 0
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert {"evaluate", "fit", "cache-teacher", "export", "table", "sweep", "demo", "data"} <= set(sub.choices)
     for name, sp in sub.choices.items():
         assert name in out.stdout
-        assert sp.format_help()
+        h = sp.format_help()
+        own = [a for a in sp._actions if a.help and a.dest != "help"]  # each subcommand documents its own arguments
+        own = own or [a for a in sp._actions if a.__class__.__name__ == "_SubParsersAction"]  # or has subcommands
+        assert (
+            h.startswith(f"usage: asr-distill {name}")
+            and own
+            and all(a.help in " ".join(h.split()) for a in own if a.help and len(a.help) < 60)
+        ), name
 
 
 def test_synth_deterministic_and_cached(tiny_corpus, tmp_path):

@@ -73,13 +73,30 @@ def test_ctrl_c_during_fit_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after training
 
 
-def test_last_checkpoint_is_written_periodically_by_default():
-    from common.training import TrainerConfig, build_trainer
+def test_last_checkpoint_is_written_periodically_by_default(tiny_corpus, tmp_path):
+    """Behaviour, not Lightning's fields: with a short interval, last.ckpt appears and is rewritten while training runs
+    (never as last-v1.ckpt), without any ckpt_every_n_steps; the default interval is 30 minutes."""
+    import time
 
-    trainer = build_trainer(TrainerConfig(max_steps=100), Path("/tmp/unused_run"))
-    timed = [c for c in trainer.checkpoint_callbacks if c._train_time_interval is not None]
-    assert timed and timed[0].save_last and timed[0]._train_time_interval.total_seconds() == 30 * 60
-    assert all(not c._enable_version_counter for c in trainer.checkpoint_callbacks)
+    import lightning as L
+
+    from ark_asr.run import fit
+    from common.training import TrainerConfig
+
+    assert TrainerConfig().last_ckpt_every_minutes == 30.0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    seen: list[float] = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            time.sleep(0.3)  # longer than the interval below
+            if ckpt.exists() and trainer.global_step < trainer.max_steps:
+                seen.append(ckpt.stat().st_mtime_ns)
+
+    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=6, last_ckpt_every_minutes=0.002, ckpt_every_n_steps=None)
+    fit(cfg, callbacks=[Watch()])
+    assert len(set(seen)) >= 2, seen  # written mid-run, then rewritten
+    assert sorted(p.name for p in ckpt.parent.glob("last*.ckpt")) == ["last.ckpt"]
 
 
 _FULL_DISK_PROBE = """

@@ -73,9 +73,3 @@ def test_cache_resume_readback_and_refusal(tiny_corpus, tmp_path, teacher):
         next(other.model.parameters()).add_(1.0)
     with pytest.raises(CacheMismatchError, match="teacher_weights"):
         build_cache(cfg, teacher=other, progress=False)
-
-
-def test_cli_cache_teacher_help():
-    from common.cli import build_parser
-
-    assert "cache-teacher" in build_parser().format_help()
