@@ -507,8 +507,6 @@ class ArkStudent(nn.Module):
 
         path = Path(path)
         if not (path / "ark_config.json").is_file():
-            from ark_asr.release import load_release
-
             return load_release(path, device=device, dtype=dtype)
         meta = json.loads((path / "ark_config.json").read_text())
         fields = {**meta["model"], "lora_rank": 0, "init_from": None}
@@ -533,12 +531,74 @@ class ArkStudent(nn.Module):
         return student.to(device=device, dtype=dtype)
 
 
+# -- released ARK-ASR checkpoints (the files: ark_asr/release.py) ----------------------------------------
+def _release_student(path: Path, cfg: dict[str, Any], tok) -> ArkStudent:
+    """The randomly initialised student of a release's config.json (on the current default device)."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from ark_asr.release import ReleaseError, release_feature_extractor, text_config
+
+    wcfg = WhisperConfig(**cfg["whisper_config"])
+    fe = release_feature_extractor(path, wcfg.num_mel_bins)
+    model_cfg = ArkModelConfig(
+        encoder=str(path),
+        encoder_positions="rope_released" if cfg.get("use_rope", True) else "absolute",
+        drop_final_layernorm=True,
+        merge=int(cfg.get("merge_factor", 4)),
+        llm=str(path),
+        tokenizer="llm",
+        init_from=None,
+    )
+    text = text_config(cfg)
+    if int(text.get("vocab_size", 0)) < len(tok):
+        raise ReleaseError(f"{path}: the LM's vocab_size {text.get('vocab_size')} is below the tokenizer's {len(tok)}")
+    try:
+        llm = llm_from_config(text)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ReleaseError(f"{path}: cannot build the LM from config.json ({err})") from None
+    student = ArkStudent(model_cfg, tok, WhisperEncoder(wcfg), fe, llm)
+    student._encoder_config = wcfg
+    return student
+
+
+def load_release(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> ArkStudent:
+    """A released ARK-ASR directory as an :class:`ArkStudent` (strict, one :class:`~ark_asr.release.ReleaseError` line
+    per problem: see :mod:`ark_asr.release`)."""
+    from ark_asr.release import check_tensors, read_release_config, release_tokenizer, release_weights
+
+    path = Path(path)
+    cfg = read_release_config(path)
+    tok = release_tokenizer(path, cfg, ARK_SPECIALS, STOP)
+    student = _release_student(path, cfg, tok)
+    mapped = check_tensors(path, student, release_weights(path))
+    student.load_state_dict(mapped, strict=False)
+    if student.llm.config.tie_word_embeddings:
+        student.llm.tie_weights()
+    return student.to(device=device, dtype=dtype)
+
+
+def check_release(path: str | Path) -> None:
+    """The start-up check of a release directory (before any run directory exists): everything :func:`load_release`
+    checks (config.json, the tokenizer's Ark tokens and audio id, every tensor name mapped and every shape fitting,
+    nothing missing), with the model built on the meta device and the tensors read from the safetensors headers:
+    no weight is loaded."""
+    from ark_asr.release import check_tensors, read_release_config, release_tokenizer, release_weights
+
+    p = Path(path)
+    cfg = read_release_config(p)
+    tok = release_tokenizer(p, cfg, ARK_SPECIALS, STOP)
+    with torch.device("meta"):
+        student = _release_student(p, cfg, tok)
+    check_tensors(p, student, release_weights(p, shapes_only=True))
+
+
 def check_model_dir(path: str | Path, key: str = "model.init_from") -> None:
     """A start-up check of a model directory to start from, one line naming it: a saved student (``ark_config.json``,
     also as a run directory's ``student/``) or a released ARK-ASR checkpoint (``config.json``, ``model_type:
     arkasr``; see :func:`ark_asr.release.check_release`)."""
-    from ark_asr.release import check_release
-
     p = Path(path).expanduser()
     if not p.is_dir():
         raise ValueError(f"{key}: model directory {path} not found" if not p.exists() else f"{key}: {path} is a file")

@@ -13,6 +13,8 @@ Linear(2 d_llm, d_llm) -> a Qwen2 causal LM), so this module reads the directory
 - ``preprocessor_config.json`` (the Whisper feature extractor), or one built from ``whisper_config.num_mel_bins``.
 
 Every problem is one :class:`ReleaseError` line naming the directory and what is wrong, raised before any work.
+The student is assembled in :mod:`ark_asr.model` (:func:`~ark_asr.model.load_release`,
+:func:`~ark_asr.model.check_release`); this module knows the release's files, not the student's classes.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
-def _weights(path: Path, shapes_only: bool = False) -> dict[str, Any]:
+def release_weights(path: Path, shapes_only: bool = False) -> dict[str, Any]:
     """Every tensor of the checkpoint (``shapes_only``: name -> shape, read from the headers alone)."""
     from safetensors import SafetensorError, safe_open
 
@@ -121,19 +123,6 @@ def _weights(path: Path, shapes_only: bool = False) -> dict[str, Any]:
         except (SafetensorError, OSError) as err:
             raise ReleaseError(f"{f}: cannot read the weights ({err})") from None
     return sd
-
-
-def check_release(path: str | Path) -> None:
-    """The start-up check of a release directory (before any run directory exists): everything :func:`load_release`
-    checks (config.json, the tokenizer's Ark tokens and audio id, every tensor name mapped and every shape fitting,
-    nothing missing), with the model built on the meta device and the tensors read from the safetensors headers:
-    no weight is loaded."""
-    p = Path(path)
-    cfg = read_release_config(p)
-    tok = _tokenizer(p, cfg)
-    with torch.device("meta"):
-        student = _build(p, cfg, tok)
-    _check_tensors(p, student, _weights(p, shapes_only=True))
 
 
 def _unmapped_message(path: Path, unmapped: list[str]) -> str:
@@ -159,11 +148,11 @@ def map_names(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], lis
     return mapped, ignored, unmapped
 
 
-def _tokenizer(path: Path, cfg: dict[str, Any]):
+def release_tokenizer(path: Path, cfg: dict[str, Any], required: list[str], stop: str):
+    """The checkpoint's own tokenizer, checked: every ``required`` prompt token present, ``audio_token_id`` equal to
+    its ``<|audio|>``; nothing is appended (a missing pad token becomes the stop token, as the authors' inference)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from ark_asr.model import ARK_SPECIALS, STOP
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # it reads config.json and warns that 'arkasr' is no transformers model type
@@ -175,7 +164,7 @@ def _tokenizer(path: Path, cfg: dict[str, Any]):
     finally:
         hf_logging.set_verbosity(level)
     vocab = tok.get_vocab()
-    missing = [t for t in ARK_SPECIALS if t not in vocab]
+    missing = [t for t in required if t not in vocab]
     if missing:
         raise ReleaseError(f"{path}: the tokenizer lacks the Ark prompt tokens {', '.join(missing)}")
     audio_id = vocab["<|audio|>"]
@@ -184,11 +173,11 @@ def _tokenizer(path: Path, cfg: dict[str, Any]):
             f"{path}: config.json audio_token_id {cfg['audio_token_id']} is not the tokenizer's <|audio|> id {audio_id}"
         )
     if tok.pad_token is None:  # the authors' inference pads with the stop token; no token is added
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else STOP
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else stop
     return tok
 
 
-def _feature_extractor(path: Path, n_mels: int):
+def release_feature_extractor(path: Path, n_mels: int):
     from transformers import WhisperFeatureExtractor
 
     if (path / "preprocessor_config.json").is_file():
@@ -202,38 +191,7 @@ def _feature_extractor(path: Path, n_mels: int):
     return fe
 
 
-def _build(path: Path, cfg: dict[str, Any], tok):
-    """The randomly initialised student of a release's config.json (on the current default device)."""
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    from ark_asr.config import ArkModelConfig
-    from ark_asr.model import ArkStudent, llm_from_config
-
-    wcfg = WhisperConfig(**cfg["whisper_config"])
-    fe = _feature_extractor(path, wcfg.num_mel_bins)
-    model_cfg = ArkModelConfig(
-        encoder=str(path),
-        encoder_positions="rope_released" if cfg.get("use_rope", True) else "absolute",
-        drop_final_layernorm=True,
-        merge=int(cfg.get("merge_factor", 4)),
-        llm=str(path),
-        tokenizer="llm",
-        init_from=None,
-    )
-    text = text_config(cfg)
-    if int(text.get("vocab_size", 0)) < len(tok):
-        raise ReleaseError(f"{path}: the LM's vocab_size {text.get('vocab_size')} is below the tokenizer's {len(tok)}")
-    try:
-        llm = llm_from_config(text)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ReleaseError(f"{path}: cannot build the LM from config.json ({err})") from None
-    student = ArkStudent(model_cfg, tok, WhisperEncoder(wcfg), fe, llm)
-    student._encoder_config = wcfg
-    return student
-
-
-def _check_tensors(path: Path, student, tensors: dict[str, Any]) -> dict[str, Any]:
+def check_tensors(path: Path, student, tensors: dict[str, Any]) -> dict[str, Any]:
     """Release tensors (name -> tensor or shape) against the student: every name mapped, every shape fitting,
     nothing missing (a tied LM head and, with rotary positions, the unused absolute table may be absent). Returns
     the mapped dict."""
@@ -260,19 +218,6 @@ def _check_tensors(path: Path, student, tensors: dict[str, Any]) -> dict[str, An
             + ", ".join(_release_name(m) for m in missing[:3])
         )
     return mapped
-
-
-def load_release(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A released ARK-ASR directory as an :class:`~ark_asr.model.ArkStudent` (strict: see the module docstring)."""
-    path = Path(path)
-    cfg = read_release_config(path)
-    tok = _tokenizer(path, cfg)
-    student = _build(path, cfg, tok)
-    mapped = _check_tensors(path, student, _weights(path))
-    student.load_state_dict(mapped, strict=False)
-    if student.llm.config.tie_word_embeddings:
-        student.llm.tie_weights()
-    return student.to(device=device, dtype=dtype)
 
 
 def _release_name(student_name: str) -> str:

@@ -13,7 +13,7 @@ import warnings
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
 from common.data.manifests import load_manifest
-from common.demo import default_corpus_dir
+from common.paths import default_corpus_dir
 
 
 def padding_fraction(sampler) -> tuple[float, int]:

@@ -30,7 +30,7 @@ def main() -> None:
     from ark_asr.run import build
     from common.config import load
     from common.data.synth import SynthConfig, synthesize_corpus
-    from common.demo import default_corpus_dir
+    from common.paths import default_corpus_dir
 
     torch.manual_seed(0)
     corpus = synthesize_corpus(SynthConfig(out_dir=str(a.corpus or default_corpus_dir())), progress=False)

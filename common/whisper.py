@@ -18,13 +18,11 @@ from pathlib import Path
 
 import torch
 
+from common.paths import cache_root
+
 BUNDLED_PREFIX = "bundled:"
 BUNDLED = ("tiny.en",)
 _CONVERTER_VERSION = "1"  # bump when the conversion changes, so stale caches are rebuilt
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ASR_DISTILL_CACHE", Path.home() / ".cache" / "asr-distill"))
 
 
 def _bundled_source() -> Path:

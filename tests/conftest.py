@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.demo import shared_real_speech
+from common.paths import shared_real_speech
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SPEECH = shared_real_speech()  # the same lookup as make demo's real_en column

@@ -47,7 +47,7 @@ def test_paper_scale_student_on_meta():
     from transformers import Qwen2ForCausalLM, Qwen3ForCausalLM
 
     from ark_asr.model import RotarySelfAttention
-    from common.experiment import load_experiment
+    from common.app.experiment import load_experiment
 
     repo = Path(__file__).resolve().parents[1]
     paper, _ = load_experiment(repo / "configs" / "ark_asr" / "sft.yaml", [])
@@ -187,7 +187,7 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
     # the saved student reloads and evaluates through `asr-distill evaluate`
     import json
 
-    from common.cli import main
+    from common.app.cli import main
 
     out = tmp_path / "ev"
     assert (
@@ -498,7 +498,7 @@ def test_retok_mismatch_is_per_step(tiny_corpus, teacher):
 def test_paper_configs_carry_the_authors_settings():
     from pathlib import Path
 
-    from common.experiment import load_experiment
+    from common.app.experiment import load_experiment
 
     repo = Path(__file__).resolve().parents[1]
     for stage in ("sft", "td", "opd"):
@@ -520,7 +520,7 @@ def test_paper_scale_sft_and_opd_steps_bf16_cpu(real_speech, tmp_path):
     from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
 
     from ark_asr.run import build
-    from common.experiment import load_experiment
+    from common.app.experiment import load_experiment
     from common.teachers.qwen3_asr import Qwen3ASRTeacher, build_qwen3_asr_tokenizer
 
     rows = [json.loads(l) for l in (real_speech / "manifest.jsonl").read_text().splitlines() if l.strip()]

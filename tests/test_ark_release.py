@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ark_release import ARK_PROMPT_TOKENS, ReferenceArk, write_tiny_release  # noqa: E402
 
-from ark_asr.model import ArkStudent, check_model_dir  # noqa: E402
-from ark_asr.release import ReleaseError, load_release  # noqa: E402
-from common.cli import main  # noqa: E402
+from ark_asr.model import ArkStudent, check_model_dir, load_release  # noqa: E402
+from ark_asr.release import ReleaseError  # noqa: E402
+from common.app.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_sft_and_opd_start_from_a_release(release, tiny_corpus, tmp_path, whispe
     """SFT 2 steps from the release; OPD 2 steps through the specialisation recipe's own config
     (configs/paper/ark_specialise/opd.yaml) on untranscribed audio, with a tiny teacher and one CPU process."""
     from ark_asr.run import fit
-    from common.experiment import load_experiment
+    from common.app.experiment import load_experiment
     from common.teachers.whisper_teacher import WhisperTeacher
 
     teacher = WhisperTeacher(*whisper_tiny)

@@ -456,7 +456,7 @@ def test_unfrozen_encoder_teachers_use_their_own_encoders(tiny_corpus, teacher):
 def test_paper_arms_share_one_target_convention():
     """CE-only, Distil-Whisper and ASKD train on the same targets (the teacher's filtered pseudo-labels), so the
     comparison is not confounded by label style (upper-case unpunctuated references vs cased punctuated ones)."""
-    from common.experiment import load_experiment
+    from common.app.experiment import load_experiment
 
     arms = {
         a: load_experiment(REPO / "configs" / "paper" / "askd" / f"{a}.yaml", [])[0]

@@ -95,11 +95,11 @@ def schema_for(path: Path) -> type:
     """The schema a YAML under configs/ fills, by its top folder."""
     top = path.relative_to(REPO / "configs").parts[0]
     if top == "sweeps":
-        from common.sweep import SweepConfig
+        from common.app.sweep import SweepConfig
 
         return SweepConfig
     if top in ("paper", "demo"):  # experiments name their method; the rest by file name
-        from common.experiment import method_of
+        from common.app.experiment import method_of
 
         try:
             top = method_of(path, [])

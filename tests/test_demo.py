@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_end_to_end_then_reuses_every_stage(tmp_path):
-    from common.demo import run_demo
+    from common.app.demo import run_demo
 
     lines: list[str] = []
     md = run_demo(tmp_path / "out", corpus_dir=tmp_path / "corpus", log=lines.append)
@@ -47,7 +47,7 @@ def test_demo_splits_are_disjoint_and_cover_the_pool():
     synthetic training pool; TD and OPD (and ASKD's pseudo-labels) read no transcript."""
     import yaml
 
-    from common.demo import CONFIGS, SPLITS
+    from common.app.demo import CONFIGS, SPLITS
 
     n_pool = yaml.safe_load((CONFIGS / "synth.yaml").read_text())["en_sizes"][0]
     seen: set[int] = set()

@@ -1,6 +1,6 @@
 """Scale: 2-process CPU DDP fits of both methods (torchrun, gloo), teacher sharding, and signal -> checkpoint -> resume.
 
-The DDP runs are launched exactly as a user launches them (``torchrun -m common.cli fit ... trainer.strategy=ddp``).
+The DDP runs are launched exactly as a user launches them (``torchrun -m common.app.cli fit ... trainer.strategy=ddp``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _torchrun(cfg, tmp_path: Path, *overrides: str, nproc: int = 2) -> subproces
         f"--nproc_per_node={nproc}",
         f"--master_port={_free_port()}",
         "-m",
-        "common.cli",
+        "common.app.cli",
         "fit",
         "-c",
         str(path),

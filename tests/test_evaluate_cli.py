@@ -2,11 +2,11 @@ import json
 import subprocess
 import sys
 
-from common.cli import build_parser, main
+from common.app.cli import build_parser, main
 
 
 def test_help_lists_subcommands_and_each_has_help():
-    out = subprocess.run([sys.executable, "-m", "common.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "common.app.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.cli import main
+from common.app.cli import main
+from common.app.table import PAPERS, bootstrap_ci, build_table, run_row, to_latex, to_markdown
 from common.runs import RunError
-from common.table import PAPERS, bootstrap_ci, build_table, run_row, to_latex, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 PAPERS_MD = REPO.parent / "shared" / "docs" / "papers.md"
@@ -64,7 +64,7 @@ def test_bootstrap_interval():
 def test_paired_bootstrap_difference():
     """a - b on the same utterances: the paired interval resolves a difference that two independent intervals
     (overlapping) cannot, is exactly 0 for identical systems, and matches a hand computation of the point value."""
-    from common.table import paired_bootstrap_delta
+    from common.app.table import paired_bootstrap_delta
 
     rng = np.random.default_rng(0)
     refs = rng.integers(5, 20, size=100)
@@ -82,7 +82,7 @@ def test_paired_bootstrap_difference():
 
 
 def test_compare_runs_matches_utterances_and_refuses_other_sets(tmp_path, capsys):
-    from common.table import compare_runs
+    from common.app.table import compare_runs
 
     a = _fake_eval_run(tmp_path / "a", {"en_test": [(0, 10)] * 30}, {"en_test": "en"})
     b = _fake_eval_run(tmp_path / "b", {"en_test": [(2, 10)] * 30}, {"en_test": "en"})
@@ -142,7 +142,7 @@ def test_paper_numbers_equal_papers_md():
 
 
 def test_sweep_table_lists_unfinished_runs(tmp_path):
-    from common.sweep import SweepConfig, expand, sweep_rows, write_index
+    from common.app.sweep import SweepConfig, expand, sweep_rows, write_index
 
     cfg = SweepConfig(
         base="x.yaml", out_dir=str(tmp_path), grid={"opd.top_k": [8, 16]}, runs=[{"opd.tau": 1.0}, {"opd.tau": 2.0}]
@@ -160,8 +160,8 @@ def test_sweep_table_lists_unfinished_runs(tmp_path):
 
 # -- sweeps ----------------------------------------------------------------------------------------
 def test_shipped_sweeps_expand_and_validate():
+    from common.app.sweep import SweepConfig, expand, slurm_overrides, validate
     from common.config import load
-    from common.sweep import SweepConfig, expand, slurm_overrides, validate
 
     files = sorted((REPO / "configs" / "sweeps").rglob("*.yaml"))
     assert len(files) == 11
@@ -173,8 +173,8 @@ def test_shipped_sweeps_expand_and_validate():
 
 
 def test_sweep_refuses_a_bad_key_naming_the_run(tmp_path):
+    from common.app.sweep import SweepConfig, expand, validate
     from common.config import ConfigError
-    from common.sweep import SweepConfig, expand, validate
 
     cfg = SweepConfig(
         base=str(REPO / "configs/askd_whisper/tiny/askd.yaml"),
@@ -188,8 +188,8 @@ def test_sweep_refuses_a_bad_key_naming_the_run(tmp_path):
 def test_slurm_dry_run_is_a_valid_array_submission(tmp_path, capsys):
     import submitit
 
+    from common.app.sweep import SweepConfig, run_slurm, sbatch_script, slurm_parameters
     from common.config import load
-    from common.sweep import SweepConfig, run_slurm, sbatch_script, slurm_parameters
 
     cfg = load(
         SweepConfig, REPO / "configs/sweeps/ark_opd_direction.yaml", [f"out_dir={tmp_path}", "slurm.partition=gpu"]
@@ -228,8 +228,8 @@ def test_sweep_fields_that_reach_a_shell_are_validated_and_quoted(tmp_path, caps
     import json
     import shlex
 
+    from common.app.sweep import SweepConfig, run_local, run_slurm, sbatch_script, submitit_folder
     from common.config import load
-    from common.sweep import SweepConfig, run_local, run_slurm, sbatch_script, submitit_folder
 
     base = REPO / "configs/sweeps/ark_opd_direction.yaml"
     for field, value, key in (
@@ -272,7 +272,7 @@ overrides: [trainer.max_steps=2, trainer.val_every_n_steps=2, trainer.progress_b
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run(
-        [sys.executable, "-m", "common.cli", "sweep", str(sweep)],
+        [sys.executable, "-m", "common.app.cli", "sweep", str(sweep)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -283,7 +283,7 @@ overrides: [trainer.max_steps=2, trainer.val_every_n_steps=2, trainer.progress_b
     index = json.loads((out / "sweep.json").read_text())
     assert [x["status"] for x in index["runs"]] == ["done", "done"]
     again = subprocess.run(
-        [sys.executable, "-m", "common.cli", "sweep", str(sweep)],
+        [sys.executable, "-m", "common.app.cli", "sweep", str(sweep)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -292,7 +292,7 @@ overrides: [trainer.max_steps=2, trainer.val_every_n_steps=2, trainer.progress_b
     )
     assert again.returncode == 0 and again.stdout.count("finished, skipped") == 2
     assert main(["table", "--sweep", str(out), "--bootstrap", "100"]) == 0
-    from common.sweep import sweep_rows
+    from common.app.sweep import sweep_rows
 
     rows = sweep_rows(out, n_boot=100)
     assert [r.extra["self_teacher"] for r in rows] == ["snapshot", "ema"] and all("en_test" in r.cells for r in rows)
@@ -440,7 +440,7 @@ def test_shar_export_reads_back_the_same_audio(tmp_path):
 def test_demo_results_json_shape(tmp_path):
     """results.json as scripts read it: rows per (method, system, set) with CIs, paired comparisons with intervals,
     the names the issue fixed (en_test; teacher, Ark-Base ..., CE only ...)."""
-    from common.demo import PAIRS, SYSTEMS, demo_results
+    from common.app.demo import PAIRS, SYSTEMS, demo_results
 
     rng = np.random.default_rng(0)
     teacher = _fake_eval_run(tmp_path / "teacher", {"en_test": [(0, 10)] * 40}, {"en_test": "en"})

@@ -110,7 +110,7 @@ def test_mismatched_pair_is_one_line(monkeypatch, capsys):
     msg = str(err.value)
     assert "\n" not in msg and LOCKED_TORCH in msg and LOCKED_TORCHAUDIO in msg and "different CUDA versions" in msg
 
-    from common.cli import main
+    from common.app.cli import main
 
     assert main(["evaluate", "--model", "bundled:tiny.en", "--manifest", "x.jsonl", "--out", "unused"]) == 2
     err_out = capsys.readouterr().err.strip()

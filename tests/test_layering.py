@@ -1,4 +1,6 @@
-"""The package layering: ``common/`` never names a method package, and no module imports itself through others.
+"""The package layering, four rules: ``common/`` never names a method package; ``common/app/`` (the commands) is
+imported only from inside it (and by tests, benchmarks, notebooks); neither method package imports the other; and no
+module imports itself through others.
 
 Every import counts, function-local ones included (a lazy import still ties two modules together)."""
 
@@ -68,6 +70,31 @@ def test_common_never_imports_a_method_package():
     assert not offenders, "common/ reaches the methods only through common.registry: " + "; ".join(offenders)
 
 
+def test_only_the_commands_import_the_product_layer():
+    graph = import_graph()
+    offenders = sorted(
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        if not m.startswith("common.app")
+        for t in ts
+        if t == "common.app" or t.startswith("common.app.")
+    )
+    assert not offenders, "the library must not import common/app (the commands): " + "; ".join(offenders)
+    assert any(t.startswith("common.app.") for t in graph["common.app.cli"])  # the walker sees the package
+
+
+def test_no_method_imports_the_other():
+    graph = import_graph()
+    offenders = sorted(
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        if m.split(".")[0] in METHOD_PACKAGES
+        for t in ts
+        if t.split(".")[0] in METHOD_PACKAGES and t.split(".")[0] != m.split(".")[0]
+    )
+    assert not offenders, "a method package reaches the other only through common.registry: " + "; ".join(offenders)
+
+
 def test_no_import_cycles():
     graph = import_graph()
     # a package's __init__ importing its own submodules is the usual re-export, not a cycle
@@ -96,7 +123,7 @@ def test_no_import_cycles():
 def test_graph_sees_lazy_imports():
     """The walker is not blind: it finds a function-local import and the registry's entry points."""
     graph = import_graph()
-    assert "common.registry" in graph["common.experiment"]
+    assert "common.registry" in graph["common.app.experiment"]
     assert "common.training.fit" in graph["ark_asr.run"] or "common.training" in graph["ark_asr.run"]
     assert "ark_asr.run" in graph["ark_asr.method"]  # imported inside _fit
 

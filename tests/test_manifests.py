@@ -86,7 +86,7 @@ def test_skip_policy_counts_each_problem(bad_manifest):
 
 def test_validate_cli_reports_and_exits_nonzero(bad_manifest):
     out = subprocess.run(
-        [sys.executable, "-m", "common.cli", "data", "validate", str(bad_manifest)], capture_output=True, text=True
+        [sys.executable, "-m", "common.app.cli", "data", "validate", str(bad_manifest)], capture_output=True, text=True
     )
     assert out.returncode == 1
     assert "1 ok, 6 bad" in out.stdout and "sample_rate_mismatch" in out.stdout
@@ -187,7 +187,7 @@ def test_implausible_rows_are_counted_not_refused(tmp_path):
     cuts, report = load_manifest(m)
     assert len(cuts) == 2 and [w.kind for w in report.warnings] == ["implausible_rate", "script_mismatch"]
     out = subprocess.run(
-        [sys.executable, "-m", "common.cli", "data", "validate", str(m)], capture_output=True, text=True
+        [sys.executable, "-m", "common.app.cli", "data", "validate", str(m)], capture_output=True, text=True
     )
     assert "implausible but kept: implausible_rate=1, script_mismatch=1" in out.stdout and out.returncode == 0
 

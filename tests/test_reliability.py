@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.cli import main
+from common.app.cli import main
 from common.config import from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,7 +426,7 @@ def test_fit_counts_what_the_data_left_out(tiny_corpus, tmp_path):
 
 
 def test_table_splits_sets_that_share_a_name_and_notes_skipped_utterances(tmp_path):
-    from common.table import build_table, run_row, to_markdown
+    from common.app.table import build_table, run_row, to_markdown
 
     def run(root, digest, skipped):
         root.mkdir()
@@ -598,7 +598,7 @@ def test_a_read_only_run_dir_is_one_line(tiny_corpus, tmp_path):
     save_yaml(cfg, tmp_path / "cfg.yaml")
     cmd = (
         f"mount -t tmpfs -o size=1m,ro tmpfs '{ro}' && "
-        f"'{sys.executable}' -m common.cli fit -c '{tmp_path / 'cfg.yaml'}'; echo rc=$?"
+        f"'{sys.executable}' -m common.app.cli fit -c '{tmp_path / 'cfg.yaml'}'; echo rc=$?"
     )
     out = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, cwd=REPO)
     if "rc=" not in out.stdout:

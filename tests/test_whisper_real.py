@@ -67,7 +67,7 @@ def test_greedy_parity_with_ctranslate2(real_speech, whisper_tiny):
 
 def test_evaluate_matches_reference_wer(english_manifest, tmp_path):
     """``asr-distill evaluate`` on the 40 English clips: normalised WER within 0.5 of 7.01 %."""
-    from common.cli import main
+    from common.app.cli import main
 
     out = tmp_path / "run"
     assert main(["evaluate", "--model", "bundled:tiny.en", "--manifest", str(english_manifest), "--out", str(out)]) == 0

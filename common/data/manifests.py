@@ -568,7 +568,7 @@ def load_manifest(
         ds = load_from_disk(name) if Path(name).is_dir() else load_dataset(name, split=split or "test")
         if split and hasattr(ds, "keys"):
             ds = ds[split]
-        from common.whisper import cache_root
+        from common.paths import cache_root
 
         return from_hf_dataset(
             ds,

@@ -153,8 +153,8 @@ def expand(cfg: SweepConfig) -> list[SweepRun]:
 
 def validate(cfg: SweepConfig, runs: list[SweepRun], extra: list[str] = ()) -> None:
     """Load every run's config through its schema: an unknown key or a bad value stops the sweep naming the run."""
+    from common.app.experiment import load_experiment
     from common.config import ConfigError
-    from common.experiment import load_experiment
 
     if not Path(cfg.base).is_file():
         raise FileNotFoundError(f"sweep {cfg.name}: base config {cfg.base} not found")
@@ -166,7 +166,7 @@ def validate(cfg: SweepConfig, runs: list[SweepRun], extra: list[str] = ()) -> N
 
 
 def fit_command(cfg: SweepConfig, run: SweepRun, extra: list[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "common.cli", "fit", "-c", cfg.base, *run.overrides, *extra, "--resume"]
+    return [sys.executable, "-m", "common.app.cli", "fit", "-c", cfg.base, *run.overrides, *extra, "--resume"]
 
 
 def write_index(cfg: SweepConfig, runs: list[SweepRun], status: dict[str, str]) -> Path:
@@ -228,7 +228,7 @@ class FitJob:
         self.base, self.overrides = base, list(overrides)
 
     def __call__(self) -> int:
-        from common.experiment import fit_experiment
+        from common.app.experiment import fit_experiment
 
         fit_experiment(self.base, self.overrides, resume=True)  # a preemption raises; submitit requeues (checkpoint)
         return 0
@@ -323,7 +323,7 @@ def run_slurm(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
 def sweep_rows(sweep_dir: str | Path, n_boot: int = 1000, seed: int = 0):
     """Table rows for every finished run of a sweep (knob values as columns); unfinished runs are listed as such."""
 
-    from common.table import Row, run_row
+    from common.app.table import Row, run_row
 
     index = json.loads((Path(sweep_dir) / "sweep.json").read_text())
     rows = []

@@ -102,8 +102,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from common.app.sweep import SweepConfig, run_local, run_slurm
     from common.config import load
-    from common.sweep import SweepConfig, run_local, run_slurm
 
     cfg = load(SweepConfig, args.file, list(args.overrides))
     status = (run_slurm if args.launcher == "slurm" else run_local)(cfg, dry_run=args.dry_run)
@@ -118,12 +118,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from common.app.table import build_table, run_row, to_latex, to_markdown
     from common.io import atomic_write_text
-    from common.table import build_table, run_row, to_latex, to_markdown
 
     rows = []
     if args.sweep:
-        from common.sweep import sweep_rows
+        from common.app.sweep import sweep_rows
 
         rows += sweep_rows(args.sweep, args.bootstrap, args.seed)
     rows += [run_row(r, None, args.bootstrap, args.seed) for r in args.runs]
@@ -132,7 +132,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     table = build_table(rows, args.paper, ci=args.bootstrap > 0)
     md = to_markdown(table)
     if args.compare:
-        from common.table import compare_runs, comparisons_markdown
+        from common.app.table import compare_runs, comparisons_markdown
 
         comps = [c for a, b in args.compare for c in compare_runs(a, b, n_boot=max(args.bootstrap, 1), seed=args.seed)]
         md += "\n" + comparisons_markdown(comps)
@@ -160,7 +160,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from common.experiment import load_experiment
+    from common.app.experiment import load_experiment
 
     cfg, fit = load_experiment(args.config, list(args.overrides))
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -217,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from common.demo import run_demo
+    from common.app.demo import run_demo
 
     run_demo(Path(args.out), corpus_dir=Path(args.corpus) if args.corpus else None)
     return 0
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_data_prepare)
 
     sw = sub.add_parser("sweep", help="run an ablation sweep (configs/sweeps/*.yaml) here or as a SLURM array")
-    sw.add_argument("file", help="sweep YAML (common.sweep.SweepConfig)")
+    sw.add_argument("file", help="sweep YAML (common.app.sweep.SweepConfig)")
     sw.add_argument("--launcher", choices=["local", "slurm"], default="local")
     sw.add_argument("--dry-run", action="store_true", help="print the runs (and the sbatch script) without running")
     sw.add_argument(
