@@ -6,40 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ark_cfg, ark_model_cfg
 
-from ark_asr.config import ArkConfig, ArkModelConfig
+from ark_asr.config import ArkModelConfig
 from ark_asr.model import ARK_SPECIALS, ArkStudent, ArkTranscriber, build_student
-from common.config import from_dict
-
-TINY_LLM = dict(
-    model_type="qwen3",
-    hidden_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    intermediate_size=128,
-    head_dim=32,
-    tie_word_embeddings=True,
-    max_position_embeddings=1024,
-)
-
-
-def _model_cfg(**kw):
-    return ArkModelConfig(
-        encoder="bundled:tiny.en",
-        llm="config",
-        llm_config=TINY_LLM,
-        tokenizer="whisper",
-        transcript_prefix=" ",
-        freeze_encoder=True,
-        **{"encoder_positions": "absolute", **kw},
-    )
 
 
 @pytest.fixture(scope="module")
 def student():
     torch.manual_seed(0)
-    return build_student(_model_cfg())
+    return build_student(ark_model_cfg())
 
 
 def test_paper_scale_student_on_meta():
@@ -116,48 +92,11 @@ def test_save_load_roundtrip(student, tmp_path):
     torch.testing.assert_close(h1, h2, atol=0, rtol=0)
 
 
-def _ark_cfg(tiny_corpus, run_dir, stage, **kw):
-    base = {
-        "run_dir": str(run_dir),
-        "stage": stage,
-        "model": {
-            "encoder": "bundled:tiny.en",
-            "encoder_positions": "absolute",
-            "llm": "config",
-            "llm_config": TINY_LLM,
-            "tokenizer": "whisper",
-            "transcript_prefix": " ",
-            "freeze_encoder": True,
-        },
-        "teacher": {"kind": "whisper", "name_or_path": "bundled:tiny.en"},
-        "opd": {"top_k": 8, "max_new_tokens": 12},
-        "data": {
-            "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
-            "test": [str(tiny_corpus / "en_test" / "manifest.jsonl")],
-            "batch_seconds": 12.0,
-            "num_buckets": 2,
-        },
-        "optim": {"lr": 1e-3, "warmup_steps": 0},
-        "trainer": {"max_steps": 3, "log_every_n_steps": 1, "progress_bar": False},
-        "decoding": {"max_new_tokens": 12},
-    }
-    for k, v in kw.items():
-        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return from_dict(ArkConfig, base)
-
-
-@pytest.fixture(scope="module")
-def teacher(whisper_tiny):
-    from common.teachers.whisper_teacher import WhisperTeacher
-
-    return WhisperTeacher(*whisper_tiny)
-
-
 def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
     from ark_asr.run import fit
     from common.teachers.cache import CacheConfig, build_cache
 
-    sft = fit(_ark_cfg(tiny_corpus, tmp_path / "sft", "sft"))
+    sft = fit(ark_cfg(tiny_corpus, tmp_path / "sft", "sft"))
     assert sft["steps"] == 3 and "en_test" in sft["sets"]
     assert (tmp_path / "sft" / "student" / "ark_config.json").is_file()
     cache = tmp_path / "cache"
@@ -173,14 +112,12 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
         progress=False,
     )
     td = fit(
-        _ark_cfg(
+        ark_cfg(
             tiny_corpus, tmp_path / "td", "td", teacher_cache=str(cache), model={"init_from": str(tmp_path / "sft")}
         )
     )
     assert td["teacher_labels"]["kept"] > 0
-    opd = fit(
-        _ark_cfg(tiny_corpus, tmp_path / "opd", "opd", model={"init_from": str(tmp_path / "td")}), teacher=teacher
-    )
+    opd = fit(ark_cfg(tiny_corpus, tmp_path / "opd", "opd", model={"init_from": str(tmp_path / "td")}), teacher=teacher)
     assert opd["steps"] == 3 and opd["token_map_teacher_coverage"] > 0.99
     ck = torch.load(tmp_path / "opd" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher") for k in ck["state_dict"])
@@ -212,7 +149,7 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
 def test_opd_step_diagnostics(tiny_corpus, teacher):
     from ark_asr.run import build
 
-    cfg = _ark_cfg(tiny_corpus, "/tmp/unused", "opd")
+    cfg = ark_cfg(tiny_corpus, "/tmp/unused", "opd")
     module, dm, _ = build(cfg, teacher)
     batch = next(iter(dm.train_dataloader()))
     loss, logs = module.opd_step(batch)
@@ -226,7 +163,7 @@ def test_opd_step_diagnostics(tiny_corpus, teacher):
 
     # each variant changes what its name says (same batch, same weights, greedy rollouts are deterministic)
     def run(**variant):
-        module.cfg = _ark_cfg(tiny_corpus, "/tmp/unused", "opd", opd={**{"top_k": 8, "max_new_tokens": 12}, **variant})
+        module.cfg = ark_cfg(tiny_corpus, "/tmp/unused", "opd", opd={**{"top_k": 8, "max_new_tokens": 12}, **variant})
         torch.manual_seed(0)
         out = module.opd_step(batch)
         assert torch.isfinite(out[0]), variant
@@ -273,7 +210,7 @@ def test_encoder_rotary_positions_match_the_release_and_lift_the_30s_limit(stude
         torch.testing.assert_close(rot(h)[0], ref, atol=1e-5, rtol=1e-5)
     long = [np.zeros(16000 * 35, np.float32)]
     for positions in ("rope_released", "rope_full"):
-        s = build_student(_model_cfg(encoder_positions=positions))
+        s = build_student(ark_model_cfg(encoder_positions=positions))
         assert all(isinstance(layer.self_attn, RotarySelfAttention) for layer in s.encoder.layers)
         f = s.features(long)
         hid, _, mask = s.forward_hidden(f["input_features"], f["feature_lens"], [s.encode_text("hi")])
@@ -288,7 +225,7 @@ def test_encoder_rotary_positions_match_the_release_and_lift_the_30s_limit(stude
 def _opd_module(tiny_corpus, teacher, **kw):
     from ark_asr.run import build
 
-    module, dm, _ = build(_ark_cfg(tiny_corpus, "/tmp/unused", "opd", **kw), teacher)
+    module, dm, _ = build(ark_cfg(tiny_corpus, "/tmp/unused", "opd", **kw), teacher)
     return module, next(iter(dm.train_dataloader()))
 
 
@@ -597,19 +534,19 @@ def test_audio_only_data_trains_td_and_opd_without_references(tiny_corpus, tmp_p
         progress=False,
     )
     audio = {"train": [man], "train_audio_only": True}
-    module, dm, _ = build(_ark_cfg(tiny_corpus, "/tmp/unused", "opd", data=audio), teacher)
+    module, dm, _ = build(ark_cfg(tiny_corpus, "/tmp/unused", "opd", data=audio), teacher)
     assert all(t == "" for b, _ in zip(dm.train_dataloader(), range(3)) for t in b["texts"])
-    td = fit(_ark_cfg(tiny_corpus, tmp_path / "td", "td", teacher_cache=str(cache), data=audio))
+    td = fit(ark_cfg(tiny_corpus, tmp_path / "td", "td", teacher_cache=str(cache), data=audio))
     assert td["teacher_labels"]["kept"] > 0
     opd = fit(
-        _ark_cfg(tiny_corpus, tmp_path / "opd", "opd", data=audio, model={"init_from": str(tmp_path / "td")}),
+        ark_cfg(tiny_corpus, tmp_path / "opd", "opd", data=audio, model={"init_from": str(tmp_path / "td")}),
         teacher=teacher,
     )
     assert opd["steps"] == 3
     with pytest.raises(ValueError, match="audio-only data is for td and opd"):
-        _ark_cfg(tiny_corpus, "/tmp/unused", "sft", data=audio)
+        ark_cfg(tiny_corpus, "/tmp/unused", "sft", data=audio)
     with pytest.raises(ValueError, match="no references to filter"):
-        _ark_cfg(tiny_corpus, "/tmp/unused", "td", teacher_cache=str(cache), td_max_wer=0.2, data=audio)
+        ark_cfg(tiny_corpus, "/tmp/unused", "td", teacher_cache=str(cache), td_max_wer=0.2, data=audio)
 
 
 def test_opd_teacher_encoder_cache_is_exact_and_bounded(tiny_corpus, teacher):

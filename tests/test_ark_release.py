@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from ark_release import ARK_PROMPT_TOKENS, ReferenceArk, write_tiny_release  # noqa: E402
 
 from ark_asr.model import ArkStudent, check_model_dir, load_release  # noqa: E402

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import askd_cfg
 
 from askd_whisper.config import CurriculumConfig, SelfKDConfig
 from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teacher_weight
@@ -13,6 +14,7 @@ from askd_whisper.student import build_student, spaced_layers
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_lambda_schedules_values_and_monotone(kind):
     c = CurriculumConfig(schedule=kind, lambda_0=0.9, lambda_min=0.1)
@@ -24,6 +26,7 @@ def test_lambda_schedules_values_and_monotone(kind):
     assert all(a >= b for a, b in zip(vals, vals[1:]))
 
 
+@pytest.mark.unit
 def test_other_schedules():
     assert teacher_weight(CurriculumConfig(schedule="constant", lambda_0=0.9), 0.7) == 0.9
     # exponential and step are functions of r alone (phase A's length counts) that start at lambda_0 and end at
@@ -41,6 +44,7 @@ def test_other_schedules():
     assert self_kd_weight(SelfKDConfig(beta_schedule="constant", beta_0=0.2, beta_max=0.8), 0.9) == 0.2
 
 
+@pytest.mark.unit
 def test_adaptive_weights_gating_and_confidence():
     t = torch.tensor([[[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])
     y = torch.tensor([[0, 2]])
@@ -50,6 +54,7 @@ def test_adaptive_weights_gating_and_confidence():
     assert conf[0, 0].item() == pytest.approx(torch.softmax(t[0, 0], -1).max().item())
 
 
+@pytest.mark.unit
 def test_spaced_layers():
     assert spaced_layers(32, 2) == [0, 31]
     assert spaced_layers(4, 2) == [0, 3]
@@ -93,37 +98,6 @@ def test_large_v3_two_layer_student_on_meta_has_756m_params():
     assert 740e6 < n < 770e6
 
 
-def _cfg(tiny_corpus, run_dir, **over):
-    from askd_whisper.config import AskdConfig
-    from common.config import from_dict
-
-    base = {
-        "run_dir": str(run_dir),
-        "student": {"n_decoder_layers": 1},
-        "data": {
-            "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
-            "batch_seconds": 12.0,
-            "num_buckets": 2,
-            "shuffle": True,
-            "seed": 0,
-        },
-        "trainer": {"max_steps": 6, "log_every_n_steps": 1, "progress_bar": False, "seed": 0},
-        "self_kd": {"enabled": True, "boundary": 0.5, "self_teacher": "ema", "ema_decay": 0.9},
-        "optim": {"lr": 1e-3, "warmup_steps": 0},
-        "decoding": {"max_new_tokens": 20},
-    }
-    for k, v in over.items():
-        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return from_dict(AskdConfig, base)
-
-
-@pytest.fixture(scope="module")
-def teacher(whisper_tiny):
-    from common.teachers.whisper_teacher import WhisperTeacher
-
-    return WhisperTeacher(*whisper_tiny)
-
-
 def _weights(run_dir):
     ck = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return ck["state_dict"], ck["askd"]["self_teacher"]
@@ -136,7 +110,9 @@ def test_weights_across_the_phase_boundary(tiny_corpus, tmp_path, teacher):
 
     sk = {"boundary": 0.6, "beta_schedule": "linear", "beta_0": 0.2, "beta_max": 0.8}
     cur = {"schedule": "linear", "lambda_0": 0.9, "lambda_min": 0.1}
-    m = AskdModule(_cfg(tiny_corpus, tmp_path / "w", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur), teacher)
+    m = AskdModule(
+        askd_cfg(tiny_corpus, tmp_path / "w", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur), teacher
+    )
     assert m.boundary_step == 6
     approx = lambda *v: pytest.approx(v)  # noqa: E731
     assert tuple(m.weights(0)) == approx("A", 0.9, 0.0, 0.1)
@@ -144,7 +120,7 @@ def test_weights_across_the_phase_boundary(tiny_corpus, tmp_path, teacher):
     assert tuple(m.weights(5)) == approx("A", 0.1 + 0.8 / 6, 0.0, 0.9 - 0.8 / 6)  # last phase-A step: r = 5/6
     assert tuple(m.weights(6)) == approx("B", 0.0, 0.2, 0.8)  # the boundary step is phase B
     assert tuple(m.weights(8)) == approx("B", 0.0, 0.5, 0.5)
-    const_ce = _cfg(
+    const_ce = askd_cfg(
         tiny_corpus,
         tmp_path / "c",
         trainer={"max_steps": 10},
@@ -152,11 +128,13 @@ def test_weights_across_the_phase_boundary(tiny_corpus, tmp_path, teacher):
         curriculum={**cur, "ce_weight": 0.8, "lambda_0": 1.0, "lambda_min": 1.0, "schedule": "constant"},
     )
     assert tuple(AskdModule(const_ce, teacher).weights(2)) == approx("A", 1.0, 0.0, 0.8)
-    no_teacher = _cfg(
+    no_teacher = askd_cfg(
         tiny_corpus, tmp_path / "n", trainer={"max_steps": 10}, self_kd=sk, curriculum=cur, teacher_source="none"
     )
     assert tuple(AskdModule(no_teacher, teacher).weights(0)) == approx("A", 0.0, 0.0, 1.0)
-    off = _cfg(tiny_corpus, tmp_path / "o", trainer={"max_steps": 10}, self_kd={**sk, "enabled": False}, curriculum=cur)
+    off = askd_cfg(
+        tiny_corpus, tmp_path / "o", trainer={"max_steps": 10}, self_kd={**sk, "enabled": False}, curriculum=cur
+    )
     disabled = AskdModule(off, teacher)
     assert disabled.boundary_step == 10 and m.weights(9).phase == "B"  # with self-KD: the last steps are phase B
     assert all(disabled.weights(s).phase == "A" and disabled.weights(s).beta == 0 for s in range(10))  # never without
@@ -166,10 +144,10 @@ def test_fit_then_resume_is_the_same_run(tiny_corpus, tmp_path, teacher):
     """2N steps in one go == N steps, stop, resume N more (phase B and the EMA self-teacher included)."""
     from askd_whisper.run import fit
 
-    full = fit(_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
+    full = fit(askd_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
     assert full["steps"] == 6
     assert not any(k.startswith("teacher") for k in _weights(tmp_path / "full")[0])  # teacher never in the checkpoint
-    half = _cfg(tiny_corpus, tmp_path / "half")
+    half = askd_cfg(tiny_corpus, tmp_path / "half")
     stopped = fit(half, teacher=teacher, stop_after_steps=3)  # phase A only, mid-epoch
     assert stopped["stopped_early"] and not (tmp_path / "half" / "summary.json").exists()
     assert fit(half, resume=True, teacher=teacher)["steps"] == 6
@@ -186,7 +164,7 @@ def test_resume_after_training_keeps_the_self_teacher(tiny_corpus, tmp_path, tea
     written then still holds the self-teacher snapshot (it was dropped before)."""
     from askd_whisper.run import fit
 
-    cfg = _cfg(tiny_corpus, tmp_path / "r", self_kd={"enabled": True, "boundary": 0.5, "self_teacher": "snapshot"})
+    cfg = askd_cfg(tiny_corpus, tmp_path / "r", self_kd={"enabled": True, "boundary": 0.5, "self_teacher": "snapshot"})
     fit(cfg, teacher=teacher)
     before = _weights(tmp_path / "r")[1]
     assert before is not None
@@ -225,7 +203,9 @@ def test_kd_variants_run(tiny_corpus, tmp_path, teacher):
     for i, over in enumerate(variants):
         steps = Steps()
         s = fit(
-            _cfg(tiny_corpus, tmp_path / f"r{i}", trainer={"max_steps": 3}, **over), teacher=teacher, callbacks=[steps]
+            askd_cfg(tiny_corpus, tmp_path / f"r{i}", trainer={"max_steps": 3}, **over),
+            teacher=teacher,
+            callbacks=[steps],
         )
         assert s["steps"] == 3 and len(steps.rows) == 3
         phases = [r["train/phase"] for r in steps.rows]
@@ -245,7 +225,7 @@ def test_export_loads_in_transformers_pipeline(tiny_corpus, tmp_path, teacher, r
     from askd_whisper.run import export, fit
     from common.audio import load_audio
 
-    fit(_cfg(tiny_corpus, tmp_path / "run", trainer={"max_steps": 2}), teacher=teacher)
+    fit(askd_cfg(tiny_corpus, tmp_path / "run", trainer={"max_steps": 2}), teacher=teacher)
     out = export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
     asr = transformers.pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     clip = load_audio(real_speech / "librivox_pocketsphinx" / "sense_and_sensibility_01_austen_64kb-0890.wav")
@@ -272,7 +252,7 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
         teacher=teacher,
         progress=False,
     )
-    cfg = _cfg(
+    cfg = askd_cfg(
         tiny_corpus,
         tmp_path / "c",
         teacher_source="cache",
@@ -295,7 +275,7 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
     ck = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     bad = [k for k, v in ck["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     assert not bad, f"{len(bad)} weight tensors not finite after 2 cached-KD steps, e.g. {bad[:3]}"
-    pseudo = _cfg(
+    pseudo = askd_cfg(
         tiny_corpus,
         tmp_path / "p",
         labels="pseudo",
@@ -335,7 +315,7 @@ def test_cached_kd_approximates_online_kd(tiny_corpus, teacher, kd_cache):
     from common.losses import kd_kl, sparse_kd_kl
     from common.teachers.cache import TeacherCache
 
-    cfg = _cfg(tiny_corpus, "/tmp/unused", teacher_source="cache", teacher_cache=str(kd_cache[8]))
+    cfg = askd_cfg(tiny_corpus, "/tmp/unused", teacher_source="cache", teacher_cache=str(kd_cache[8]))
     module, dm, _ = build(cfg, teacher)
     batch = next(iter(dm.train_dataloader()))
     labels = batch["labels"]
@@ -378,7 +358,7 @@ def test_cache_integrity_is_checked_before_training(tiny_corpus, tmp_path, teach
     from askd_whisper.run import build
     from common.teachers.cache import INDEX, CacheMismatchError, TeacherCache
 
-    other = _cfg(
+    other = askd_cfg(
         tiny_corpus,
         "/tmp/unused",
         teacher_source="cache",
@@ -388,7 +368,7 @@ def test_cache_integrity_is_checked_before_training(tiny_corpus, tmp_path, teach
     with pytest.raises(CacheMismatchError, match="manifest") as err:
         build(other, teacher)
     assert "\n" not in str(err.value)
-    hot = _cfg(
+    hot = askd_cfg(
         tiny_corpus, "/tmp/unused", teacher_source="cache", teacher_cache=str(kd_cache[8]), curriculum={"tau": 1.0}
     )
     with pytest.raises(CacheMismatchError, match="tau"):
@@ -400,7 +380,7 @@ def test_cache_integrity_is_checked_before_training(tiny_corpus, tmp_path, teach
     gone = index["shards"][0]["ids"][:1]
     cache = TeacherCache(partial)
     cache._items.pop(gone[0])
-    cfg = _cfg(tiny_corpus, "/tmp/unused", teacher_source="cache", teacher_cache=str(partial))
+    cfg = askd_cfg(tiny_corpus, "/tmp/unused", teacher_source="cache", teacher_cache=str(partial))
     from common.data.manifests import load_manifest
 
     cuts, _ = load_manifest(cfg.data.train[0])
@@ -436,7 +416,7 @@ def test_unfrozen_encoder_teachers_use_their_own_encoders(tiny_corpus, teacher):
     own snapshot's, never the student's live (training) encoder."""
     from askd_whisper.module import AskdModule
 
-    cfg = _cfg(tiny_corpus, "/tmp/unused", student={"n_decoder_layers": 1, "freeze_encoder": False})
+    cfg = askd_cfg(tiny_corpus, "/tmp/unused", student={"n_decoder_layers": 1, "freeze_encoder": False})
     m = AskdModule(cfg, teacher)
     feats = torch.randn(1, 80, 3000)
     with torch.no_grad():
@@ -487,7 +467,7 @@ def test_fit_builds_the_student_from_fp32_weights_for_a_bf16_teacher(tiny_corpus
     from common.whisper import load_whisper
 
     t16 = WhisperTeacher(*load_whisper("bundled:tiny.en", dtype=torch.bfloat16), dtype=torch.bfloat16)
-    cfg = _cfg(tiny_corpus, "/tmp/unused", teacher={"dtype": "bfloat16"})
+    cfg = askd_cfg(tiny_corpus, "/tmp/unused", teacher={"dtype": "bfloat16"})
     module, _, _ = build(cfg, t16)
     w = module.student.model.decoder.layers[0].fc1.weight
     assert w.dtype == torch.float32
@@ -509,9 +489,10 @@ def test_bad_curriculum_values_fail_at_config_time(tiny_corpus, section, bad):
     from common.config import ConfigError
 
     with pytest.raises((ValueError, ConfigError)):
-        _cfg(tiny_corpus, "/tmp/unused", **{section: bad})
+        askd_cfg(tiny_corpus, "/tmp/unused", **{section: bad})
 
 
+@pytest.mark.unit
 def test_distil_whisper_filter_as_published(tmp_path):
     """Keep pseudo-labels with WER < 10 % (not <=) and drop all-upper-case ones."""
     from common.teachers.cache import CachedUtterance, TeacherCache, is_all_upper_case

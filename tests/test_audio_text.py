@@ -5,8 +5,6 @@ import soundfile as sf
 from common.audio import AudioError, audio_info, load_audio, resample
 from common.text import detect_language, normalize, normalize_english, normalize_mandarin
 
-pytestmark = pytest.mark.unit
-
 
 def _tone(sr, seconds=0.5, channels=1):
     t = np.arange(int(sr * seconds)) / sr
@@ -14,6 +12,7 @@ def _tone(sr, seconds=0.5, channels=1):
     return np.stack([x] * channels, axis=1) if channels > 1 else x
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fmt, ext", [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")])
 def test_formats_resample_and_downmix(tmp_path, fmt, ext):
     p = tmp_path / f"a.{ext}"
@@ -24,6 +23,7 @@ def test_formats_resample_and_downmix(tmp_path, fmt, ext):
     assert np.abs(x).max() == pytest.approx(0.5, abs=0.05)
 
 
+@pytest.mark.unit
 def test_segment(tmp_path):
     p = tmp_path / "a.wav"
     sf.write(p, _tone(16000, 2.0), 16000)
@@ -32,6 +32,7 @@ def test_segment(tmp_path):
         load_audio(p, offset=5.0)
 
 
+@pytest.mark.unit
 def test_bad_audio_names_the_file(tmp_path):
     with pytest.raises(AudioError, match="not found: .*missing.wav"):
         load_audio(tmp_path / "missing.wav")
@@ -49,12 +50,14 @@ def test_bad_audio_names_the_file(tmp_path):
         load_audio(nan)
 
 
+@pytest.mark.unit
 def test_resample_identity_and_length():
     x = np.random.default_rng(0).standard_normal(22050).astype(np.float32)
     np.testing.assert_array_equal(resample(x, 16000, 16000), x)  # same rate: the samples unchanged
     assert len(resample(x, 22050, 16000)) == 16000
 
 
+@pytest.mark.unit
 def test_info(tmp_path):
     p = tmp_path / "a.wav"
     sf.write(p, _tone(8000, 1.0), 8000)
@@ -62,16 +65,19 @@ def test_info(tmp_path):
     assert (info.sample_rate, info.channels, info.num_frames) == (8000, 1, 8000)
 
 
+@pytest.mark.unit
 def test_english_normaliser():
     assert normalize_english("Mr. Smith has TWENTY-five apples, hasn't he?") == "mister smith has 25 apples has not he"
     assert normalize_english("  Hello,   WORLD!! ") == "hello world"
 
 
+@pytest.mark.unit
 def test_mandarin_normaliser():
     assert normalize_mandarin("你好，世界！ ＡＢＣ　１２３。") == "你好世界abc123"
     assert normalize("今天 天气 很好。", "zh") == "今天天气很好"
 
 
+@pytest.mark.unit
 def test_language_detection():
     assert detect_language("今天天气很好") == "zh"
     assert detect_language("the weather is nice") == "en"

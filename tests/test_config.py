@@ -6,8 +6,6 @@ import pytest
 
 from common.config import ConfigError, from_dict, load, save_yaml
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,6 +28,7 @@ class Outer:
             raise ValueError("lr must be > 0")
 
 
+@pytest.mark.unit
 def test_load_yaml_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("name: run\ninner:\n  k: 8\nsets: [a, b]\n")
@@ -51,6 +50,7 @@ def test_load_yaml_and_overrides(tmp_path):
         ({"name": "x", "lr": -1.0}, "lr must be > 0"),
     ],
 )
+@pytest.mark.unit
 def test_errors_name_the_key_on_one_line(data, key):
     with pytest.raises(ConfigError) as err:
         from_dict(Outer, data)
@@ -58,6 +58,7 @@ def test_errors_name_the_key_on_one_line(data, key):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.unit
 def test_bad_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         load(Outer, None, ["name"])
@@ -69,6 +70,7 @@ def test_bad_override_and_missing_file(tmp_path):
         load(Outer, bad)
 
 
+@pytest.mark.unit
 def test_base_include_merges_and_names_missing_bases(tmp_path):
     (tmp_path / "base.yaml").write_text("name: base\ninner: {k: 8, mode: teacher}\nsets: [a, b]\n")
     (tmp_path / "sub").mkdir()
@@ -85,6 +87,7 @@ def test_base_include_merges_and_names_missing_bases(tmp_path):
         load(Outer, tmp_path / "loop.yaml")
 
 
+@pytest.mark.unit
 def test_save_roundtrip(tmp_path):
     cfg = Outer(name="r", sets=["x"])
     save_yaml(cfg, tmp_path / "c.yaml")

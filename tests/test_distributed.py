@@ -14,17 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from conftest import SignalAt, ark_cfg, ark_model_cfg, askd_cfg
 
 from common.config import save_yaml
 from common.runs import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ark import _ark_cfg  # noqa: E402
-from test_askd import _cfg as _askd_cfg  # noqa: E402
 
 
 def _free_port() -> int:
@@ -79,7 +76,7 @@ def _check_synced_validation(run_dir: Path, dev: str, exact_rate: bool) -> dict:
 @pytest.mark.distributed
 def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
     dev = str(tiny_corpus / "en_dev" / "manifest.jsonl")
-    cfg = _askd_cfg(
+    cfg = askd_cfg(
         tiny_corpus,
         tmp_path / "askd_ddp",
         trainer={"max_steps": 3, "val_every_n_steps": 3},
@@ -105,7 +102,7 @@ def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
     moved = tmp_path / "askd_1proc"
     shutil.copytree(run, moved)
     (moved / "summary.json").unlink()
-    cfg1 = _askd_cfg(tiny_corpus, moved, trainer={"max_steps": 5}, data={"dev": [], "test": []})
+    cfg1 = askd_cfg(tiny_corpus, moved, trainer={"max_steps": 5}, data={"dev": [], "test": []})
     with pytest.warns(UserWarning, match="world size 2"):
         assert fit(cfg1, resume=True)["steps"] == 5
 
@@ -113,7 +110,7 @@ def test_ddp_two_process_askd_fit(tiny_corpus, tmp_path, whisper_tiny):
 @pytest.mark.distributed
 def test_ddp_two_process_ark_fit(tiny_corpus, tmp_path):
     dev = str(tiny_corpus / "en_dev" / "manifest.jsonl")
-    cfg = _ark_cfg(
+    cfg = ark_cfg(
         tiny_corpus,
         tmp_path / "ark_ddp",
         "sft",
@@ -127,23 +124,6 @@ def test_ddp_two_process_ark_fit(tiny_corpus, tmp_path):
 
 
 # -- signals -------------------------------------------------------------------------------------
-class _SignalAt(L.Callback):
-    """Send this process a real signal after optimizer step ``step`` (as a scheduler or `kill` would)."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum, self.sent = step, signum, False
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
-
-
-@pytest.fixture(scope="module")
-def teacher(whisper_tiny):
-    from common.teachers.whisper_teacher import WhisperTeacher
-
-    return WhisperTeacher(*whisper_tiny)
 
 
 def _state(run_dir: Path) -> dict:
@@ -158,12 +138,12 @@ def test_signals_checkpoint_and_resume_to_the_same_weights(tiny_corpus, tmp_path
     from askd_whisper.run import fit
     from common.training import Preempted
 
-    fit(_askd_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
+    fit(askd_cfg(tiny_corpus, tmp_path / "full"), teacher=teacher)
     full = _state(tmp_path / "full")
     for name, signum, exc in (("term", signal.SIGTERM, SIGTERMException), ("usr1", signal.SIGUSR1, Preempted)):
-        cfg = _askd_cfg(tiny_corpus, tmp_path / name)
+        cfg = askd_cfg(tiny_corpus, tmp_path / name)
         with pytest.raises(exc) as info:
-            fit(cfg, teacher=teacher, callbacks=[_SignalAt(2, signum)])
+            fit(cfg, teacher=teacher, callbacks=[SignalAt(2, signum)])
         if exc is Preempted:
             assert info.value.code == 128 + signal.SIGUSR1
         ck = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -180,7 +160,7 @@ def test_resume_without_a_checkpoint_starts_the_run(tiny_corpus, tmp_path, teach
     from askd_whisper.run import fit
 
     assert (
-        fit(_askd_cfg(tiny_corpus, tmp_path / "new", trainer={"max_steps": 2}), resume=True, teacher=teacher)["steps"]
+        fit(askd_cfg(tiny_corpus, tmp_path / "new", trainer={"max_steps": 2}), resume=True, teacher=teacher)["steps"]
         == 2
     )
 
@@ -239,9 +219,9 @@ def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
     from common.training import enable_activation_checkpointing, layer_classes
 
     base = dict(trainer={"max_steps": 2, "accumulate_grad_batches": 2}, data={"test": []})
-    plain = fit(_ark_cfg(tiny_corpus, tmp_path / "plain", "sft", **base))
+    plain = fit(ark_cfg(tiny_corpus, tmp_path / "plain", "sft", **base))
     ac = fit(
-        _ark_cfg(
+        ark_cfg(
             tiny_corpus,
             tmp_path / "ac",
             "sft",
@@ -255,13 +235,12 @@ def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-6, rtol=1e-5, msg=k)
     # the layers FSDP wraps and checkpoints: the encoder's and the LM's transformer layers
-    from test_ark import _model_cfg
 
     from ark_asr.model import build_student
 
-    names = {c.__name__ for c in layer_classes(build_student(_model_cfg()))}
+    names = {c.__name__ for c in layer_classes(build_student(ark_model_cfg()))}
     assert {"WhisperEncoderLayer", "Qwen3DecoderLayer"} <= names
-    assert enable_activation_checkpointing(build_student(_model_cfg())) >= 1
+    assert enable_activation_checkpointing(build_student(ark_model_cfg())) >= 1
 
 
 def test_fsdp_strategy_wraps_transformer_layers(whisper_tiny):

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import ark_cfg, askd_cfg
 
 GOLDEN = Path(__file__).resolve().parent / "golden_losses.json"
 N_STEPS = 3
@@ -36,15 +34,13 @@ class _Losses(L.Callback):
 
 
 def _run(kind: str, tiny_corpus: Path, tmp_path: Path, teacher) -> list[float]:
-    from test_ark import _ark_cfg
-    from test_askd import _cfg as askd_cfg
 
     losses = _Losses()
     torch.manual_seed(0)
     if kind in ("sft", "opd"):
         from ark_asr.run import fit
 
-        cfg = _ark_cfg(tiny_corpus, tmp_path / kind, kind, trainer={"max_steps": N_STEPS, "seed": 0})
+        cfg = ark_cfg(tiny_corpus, tmp_path / kind, kind, trainer={"max_steps": N_STEPS, "seed": 0})
         cfg.data.test = []
     else:
         from askd_whisper.run import fit
@@ -52,13 +48,6 @@ def _run(kind: str, tiny_corpus: Path, tmp_path: Path, teacher) -> list[float]:
         cfg = askd_cfg(tiny_corpus, tmp_path / kind, trainer={"max_steps": N_STEPS})
     fit(cfg, teacher=teacher, callbacks=[losses])
     return losses.values
-
-
-@pytest.fixture(scope="module")
-def teacher(whisper_tiny):
-    from common.teachers.whisper_teacher import WhisperTeacher
-
-    return WhisperTeacher(*whisper_tiny)
 
 
 @pytest.mark.parametrize("kind", ["sft", "opd", "askd"])

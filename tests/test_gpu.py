@@ -7,15 +7,11 @@ the consolidated FSDP checkpoint loads back into a plain single-process CPU modu
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ark import _ark_cfg  # noqa: E402
-from test_askd import _cfg as _askd_cfg  # noqa: E402
+from conftest import ark_cfg, askd_cfg
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -33,9 +29,9 @@ def _reload_on_cpu(module_cls_build, ckpt: Path) -> None:
 def test_ark_opd_on_gpu(tiny_corpus, tmp_path, strategy):
     from ark_asr.run import build, fit
 
-    sft = _ark_cfg(tiny_corpus, tmp_path / "sft", "sft", trainer={**GPU, "max_steps": 2})
+    sft = ark_cfg(tiny_corpus, tmp_path / "sft", "sft", trainer={**GPU, "max_steps": 2})
     fit(sft)
-    opd = _ark_cfg(
+    opd = ark_cfg(
         tiny_corpus,
         tmp_path / "opd",
         "opd",
@@ -51,7 +47,7 @@ def test_ark_opd_on_gpu(tiny_corpus, tmp_path, strategy):
 def test_askd_fsdp_on_gpu(tiny_corpus, tmp_path):
     from askd_whisper.run import build, fit
 
-    cfg = _askd_cfg(
+    cfg = askd_cfg(
         tiny_corpus,
         tmp_path / "askd",
         trainer={**GPU, "strategy": "fsdp", "max_steps": 4},

@@ -47,6 +47,7 @@ def _fake_eval_run(root: Path, sets: dict[str, list[tuple[int, int]]], lang: dic
     return root
 
 
+@pytest.mark.unit
 def test_bootstrap_interval():
     rate, lo, hi = bootstrap_ci([0, 0, 0], [5, 5, 5])
     assert (rate, lo, hi) == (0.0, 0.0, 0.0)
@@ -61,6 +62,7 @@ def test_bootstrap_interval():
         bootstrap_ci([1, 2], [3])
 
 
+@pytest.mark.unit
 def test_paired_bootstrap_difference():
     """a - b on the same utterances: the paired interval resolves a difference that two independent intervals
     (overlapping) cannot, is exactly 0 for identical systems, and matches a hand computation of the point value."""
@@ -81,6 +83,7 @@ def test_paired_bootstrap_difference():
         paired_bootstrap_delta([1, 2], [3, 3], [1], [3])
 
 
+@pytest.mark.unit
 def test_compare_runs_matches_utterances_and_refuses_other_sets(tmp_path, capsys):
     from common.app.table import compare_runs
 
@@ -95,6 +98,7 @@ def test_compare_runs_matches_utterances_and_refuses_other_sets(tmp_path, capsys
         compare_runs(a, other)
 
 
+@pytest.mark.unit
 def test_table_units_paper_columns_and_latex(tmp_path):
     run = _fake_eval_run(
         tmp_path / "ark_base_sft",
@@ -437,6 +441,7 @@ def test_shar_export_reads_back_the_same_audio(tmp_path):
     )  # AMI needs its annotations
 
 
+@pytest.mark.unit
 def test_demo_results_json_shape(tmp_path):
     """results.json as scripts read it: rows per (method, system, set) with CIs, paired comparisons with intervals,
     the names the issue fixed (en_test; teacher, Ark-Base ..., CE only ...)."""

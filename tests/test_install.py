@@ -13,8 +13,6 @@ import pytest
 
 from common.audio import LOCKED_TORCH, LOCKED_TORCHAUDIO, DependencyError, torchaudio_functional
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
 
@@ -87,6 +85,7 @@ def test_installed_versions_match_the_lock():
     assert not wrong, "installed set differs from requirements.lock (run `make install`): " + ", ".join(wrong)
 
 
+@pytest.mark.unit
 def test_mismatched_pair_is_one_line(monkeypatch, capsys):
     """torchaudio's own error (a RuntimeError from its extension loader) becomes one line naming both versions and
     the pair to install; the CLI prints it at start-up without a traceback."""

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "ark_asr", "askd_whisper")
 METHOD_PACKAGES = ("ark_asr", "askd_whisper")

@@ -6,13 +6,12 @@ import torch.nn.functional as F
 
 from common.losses import build_candidates, cross_entropy, kd_kl, sparse_kd_kl, union_topk_kl
 
-pytestmark = pytest.mark.unit
-
 
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.unit
 def test_cross_entropy_matches_torch_and_masks():
     z, y = _rand(2, 5, 11), torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     y[1, 3:] = -100
@@ -22,6 +21,7 @@ def test_cross_entropy_matches_torch_and_masks():
     assert cross_entropy(z, torch.full_like(y, -100)).item() == 0.0
 
 
+@pytest.mark.unit
 def test_kd_kl_zero_for_equal_and_hand_value():
     z = _rand(2, 3, 7)
     mask = torch.ones(2, 3, dtype=torch.bool)
@@ -33,6 +33,7 @@ def test_kd_kl_zero_for_equal_and_hand_value():
     assert kd_kl(z, _rand(2, 3, 7, seed=5), torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
 
 
+@pytest.mark.unit
 def test_sparse_kd_equals_full_when_k_is_vocab():
     zs, zt = _rand(2, 4, 9), _rand(2, 4, 9, seed=3)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
@@ -51,12 +52,14 @@ def _setup(B=2, T=5, U=6, seed=0):
     return zs, lt, cm, mask
 
 
+@pytest.mark.unit
 def test_union_zero_when_teacher_equals_student():
     zs, _, cm, mask = _setup()
     lt = F.log_softmax(zs.detach(), -1)
     assert union_topk_kl(zs, lt, cm, mask, tau=1.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("tau", [1.0, 2.0])
 def test_union_gradient_is_tau_over_T_times_qS_minus_qT(tau):
     zs, lt, cm, mask = _setup()
@@ -70,6 +73,7 @@ def test_union_gradient_is_tau_over_T_times_qS_minus_qT(tau):
     torch.testing.assert_close(zs.grad, expect, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.unit
 def test_union_excludes_rows_with_fewer_than_two_candidates_and_all_masked_is_zero():
     zs, lt, cm, mask = _setup()
     base = union_topk_kl(zs, lt, cm, mask).item()
@@ -89,6 +93,7 @@ def test_union_excludes_rows_with_fewer_than_two_candidates_and_all_masked_is_ze
     assert union_topk_kl(zs, lt_inf, torch.ones_like(cm), mask).item() == pytest.approx(base, rel=1e-6)
 
 
+@pytest.mark.unit
 def test_reverse_and_jsd_hand_computed():
     zs = torch.tensor([[[0.0, 0.0]]])
     lt = torch.tensor([[[math.log(0.25), math.log(0.75)]]])
@@ -101,6 +106,7 @@ def test_reverse_and_jsd_hand_computed():
     assert union_topk_kl(zs, lt, cm, mask, direction="jsd", beta=0.5).item() == pytest.approx(jsd.item(), rel=1e-6)
 
 
+@pytest.mark.unit
 def test_union_equals_teacher_only_when_student_inside_teacher():
     K = torch.tensor([[[5, 2, 9, 7]]])
     S = torch.tensor([[[9, 5]]])
@@ -111,6 +117,7 @@ def test_union_equals_teacher_only_when_student_inside_teacher():
     assert build_candidates(S, K, "student")[0, 0].tolist() == [9, 5]
 
 
+@pytest.mark.unit
 def test_bf16_inputs_finite():
     zs, lt, cm, mask = _setup()
     out = union_topk_kl(zs.detach().bfloat16().requires_grad_(True), lt.bfloat16(), cm, mask)
@@ -118,6 +125,7 @@ def test_bf16_inputs_finite():
     assert torch.isfinite(kd_kl(zs.bfloat16(), lt.bfloat16(), mask))
 
 
+@pytest.mark.unit
 def test_logits_at_matches_gather_and_gradients():
     from common.losses import logits_at
 
@@ -135,6 +143,7 @@ def test_logits_at_matches_gather_and_gradients():
     torch.testing.assert_close(gw, rw)
 
 
+@pytest.mark.unit
 def test_sparse_kd_padded_rows_give_finite_gradients_and_weights():
     """Positions without cached entries (padding, the forced prefix: ids -1, log-probs -inf) contribute nothing: the
     loss equals the loss over the valid rows alone, and every gradient and updated weight stays finite."""
@@ -172,6 +181,7 @@ def test_sparse_kd_padded_rows_give_finite_gradients_and_weights():
     assert empty.item() == 0.0 and all(torch.isfinite(p.grad).all() for p in head.parameters())
 
 
+@pytest.mark.unit
 def test_sparse_kd_rest_bucket_is_the_coarsened_kl():
     """With the teacher's tempered log-partition: KL between teacher and student coarsened to {top-k, rest} (a hand
     computation from the full distributions); equal to the full tempered KL when k = V; a lower bound otherwise."""

@@ -22,6 +22,7 @@ def _jsonl(path, rows):
     return path
 
 
+@pytest.mark.unit
 def test_jsonl_relative_absolute_duration_language_offset(tmp_path):
     _wav(tmp_path / "set" / "audio" / "a.wav", 1.0)
     b = _wav(tmp_path / "elsewhere" / "b.flac", 2.0, sr=48000, channels=2)
@@ -92,6 +93,7 @@ def test_validate_cli_reports_and_exits_nonzero(bad_manifest):
     assert "1 ok, 6 bad" in out.stdout and "sample_rate_mismatch" in out.stdout
 
 
+@pytest.mark.unit
 def test_lhotse_roundtrip(tmp_path):
     a = _wav(tmp_path / "a.wav", 1.5)
     m = _jsonl(tmp_path / "s" / "manifest.jsonl", [{"audio_filepath": str(a), "text": "hi there"}])
@@ -104,6 +106,7 @@ def test_lhotse_roundtrip(tmp_path):
     assert from_lhotse(lh)[1].n_ok == 1
 
 
+@pytest.mark.unit
 def test_kaldi_dir_with_segments(tmp_path):
     a = _wav(tmp_path / "rec1.wav", 3.0)
     d = tmp_path / "kaldi"
@@ -130,6 +133,7 @@ def test_hf_dataset_split(tmp_path):
 
 
 # -- clear one-liners and counted implausibility (issue 22); each failed on the code before --------------------------
+@pytest.mark.unit
 def test_duplicate_ids_are_named_with_their_rows(tmp_path):
     """Two distinct absolute paths with the same last two components get the same id: the error names the id and
     both rows (it said only 'duplicate utterance ids')."""
@@ -145,6 +149,7 @@ def test_duplicate_ids_are_named_with_their_rows(tmp_path):
     assert "'set/spk/u'" in msg and f"{m}:1" in msg and f"{m}:2" in msg and "give each row an 'id'" in msg
 
 
+@pytest.mark.unit
 def test_a_directory_a_link_loop_and_a_device_are_not_called_missing(tmp_path):
     import os
 
@@ -160,6 +165,7 @@ def test_a_directory_a_link_loop_and_a_device_are_not_called_missing(tmp_path):
     assert kinds[3][0] == "missing_audio" and "not found" in kinds[3][1]
 
 
+@pytest.mark.unit
 def test_a_byte_order_mark_is_read_and_a_non_number_names_row_and_key(tmp_path):
     _wav(tmp_path / "set" / "a.wav")
     m = tmp_path / "set" / "manifest.jsonl"

@@ -6,9 +6,8 @@ import torch
 
 from common.metrics import ErrorRate, score_units, score_utterance
 
-pytestmark = pytest.mark.unit
 
-
+@pytest.mark.unit
 def test_english_words_hand_computed():
     s = score_utterance("the cat sat on the mat", "the cat sat on mat", "en")
     assert (s.sub, s.dele, s.ins, s.ref_units) == (0, 1, 0, 6)
@@ -23,11 +22,13 @@ def test_english_words_hand_computed():
     assert r["raw_error_rate"].item() == pytest.approx(4 / 8)
 
 
+@pytest.mark.unit
 def test_mandarin_characters():
     s = score_utterance("今天天气很好。", "今天天汽很好啊", "zh")
     assert (s.sub, s.dele, s.ins, s.ref_units) == (1, 0, 1, 6)
 
 
+@pytest.mark.unit
 def test_empty_reference_counted_not_dropped():
     m = ErrorRate()
     m.update(["something here", ""], ["", ""], ["en", "en"])
@@ -40,6 +41,7 @@ def test_empty_reference_counted_not_dropped():
     assert r["error_rate"].item() == pytest.approx((2 + 2) / 4)
 
 
+@pytest.mark.unit
 def test_mixed_language_batch_uses_units_per_utterance():
     m = ErrorRate()
     m.update(["hello there", "你好世界"], ["hello world", "你好中国"], ["en", "zh"])
@@ -49,11 +51,13 @@ def test_mixed_language_batch_uses_units_per_utterance():
     assert r["error_rate"].item() == pytest.approx(3 / 6)
 
 
+@pytest.mark.unit
 def test_alignment_ops():
     s = score_units(list("abc"), list("axcd"))
     assert [op for op, _, _ in s.alignment] == ["C", "S", "C", "I"]
 
 
+@pytest.mark.unit
 def test_corpus_level_not_mean_of_rates():
     m = ErrorRate()
     m.update(["a", "a b c d e f g h i j"], ["b", "a b c d e f g h i j"], "en")
@@ -96,6 +100,7 @@ def test_ddp_sum_equals_single_process():
         assert results[rank] == pytest.approx(expected, nan_ok=True)
 
 
+@pytest.mark.unit
 def test_add_invalidates_the_cached_result():
     from common.metrics import ErrorRate, score_utterance
 
@@ -106,6 +111,7 @@ def test_add_invalidates_the_cached_result():
     assert m.compute()["error_rate"].item() == 0.25
 
 
+@pytest.mark.unit
 def test_a_punctuation_only_reference_is_an_empty_reference():
     """'...' normalises to no word (the Whisper normaliser kept a lone '.', scored as a one-word reference)."""
     m = ErrorRate()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ark_cfg, askd_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ark import _ark_cfg  # noqa: E402
-from test_askd import _cfg as _askd_cfg  # noqa: E402
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -60,7 +57,7 @@ def runs(tiny_corpus, tmp_path_factory, whisper_tiny):
     )
     teacher = WhisperTeacher(*whisper_tiny)
     askd_fit(
-        _askd_cfg(
+        askd_cfg(
             tiny_corpus,
             root / "askd_askd",
             trainer={"max_steps": 4},
@@ -69,9 +66,9 @@ def runs(tiny_corpus, tmp_path_factory, whisper_tiny):
         ),
         teacher=teacher,
     )
-    ark_fit(_ark_cfg(tiny_corpus, root / "sft", "sft", trainer={"max_steps": 2}, data={"test": []}))
+    ark_fit(ark_cfg(tiny_corpus, root / "sft", "sft", trainer={"max_steps": 2}, data={"test": []}))
     ark_fit(
-        _ark_cfg(
+        ark_cfg(
             tiny_corpus,
             root / "opd",
             "opd",

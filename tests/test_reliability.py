@@ -11,42 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SignalAt, ark_model_cfg, sft_cfg
 
 from common.app.cli import main
-from common.config import from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_ark import TINY_LLM  # noqa: E402
-from test_distributed import _SignalAt  # noqa: E402
-
-
-def _sft_cfg(tiny_corpus, run_dir, **trainer):
-    from ark_asr.config import ArkConfig
-
-    return from_dict(
-        ArkConfig,
-        {
-            "run_dir": str(run_dir),
-            "stage": "sft",
-            "model": {
-                "encoder": "bundled:tiny.en",
-                "encoder_positions": "absolute",
-                "llm": "config",
-                "llm_config": TINY_LLM,
-                "tokenizer": "whisper",
-                "transcript_prefix": " ",
-            },
-            "data": {
-                "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
-                "batch_seconds": 8.0,
-                "num_buckets": 2,
-            },
-            "optim": {"lr": 1e-3},
-            "trainer": {"max_steps": 6, "log_every_n_steps": 1, "progress_bar": False, "seed": 0, **trainer},
-        },
-    )
 
 
 def _weights(run_dir: Path) -> dict:
@@ -59,13 +28,13 @@ def test_ctrl_c_during_fit_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path
     from ark_asr.run import fit
     from common.training import Preempted
 
-    fit(_sft_cfg(tiny_corpus, tmp_path / "full"))
+    fit(sft_cfg(tiny_corpus, tmp_path / "full"))
     with pytest.raises(Preempted) as info:
-        fit(_sft_cfg(tiny_corpus, tmp_path / "int"), callbacks=[_SignalAt(2, signal.SIGINT)])
+        fit(sft_cfg(tiny_corpus, tmp_path / "int"), callbacks=[SignalAt(2, signal.SIGINT)])
     assert info.value.signum == signal.SIGINT and info.value.code == 130
     # the signal arrives after step 2's hooks have checked for one: step 3 runs to its end, then last.ckpt
     assert _weights(tmp_path / "int")["global_step"] == 3
-    assert fit(_sft_cfg(tiny_corpus, tmp_path / "int"), resume=True)["steps"] == 6
+    assert fit(sft_cfg(tiny_corpus, tmp_path / "int"), resume=True)["steps"] == 6
     a, b = _weights(tmp_path / "full")["state_dict"], _weights(tmp_path / "int")["state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
@@ -93,7 +62,7 @@ def test_last_checkpoint_is_written_periodically_by_default(tiny_corpus, tmp_pat
             if ckpt.exists() and trainer.global_step < trainer.max_steps:
                 seen.append(ckpt.stat().st_mtime_ns)
 
-    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=6, last_ckpt_every_minutes=0.002, ckpt_every_n_steps=None)
+    cfg = sft_cfg(tiny_corpus, tmp_path / "run", max_steps=6, last_ckpt_every_minutes=0.002, ckpt_every_n_steps=None)
     fit(cfg, callbacks=[Watch()])
     assert len(set(seen)) >= 2, seen  # written mid-run, then rewritten
     assert sorted(p.name for p in ckpt.parent.glob("last*.ckpt")) == ["last.ckpt"]
@@ -164,7 +133,7 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused_never_run(tiny_corpus
     assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "refused" in err and str(ckpt) in err and "\n" not in err and not marker.exists()
-    cfg = _sft_cfg(tiny_corpus, tmp_path / "ark_asr")
+    cfg = sft_cfg(tiny_corpus, tmp_path / "ark_asr")
     from ark_asr.run import fit
     from common.training.preemption import CheckpointError
 
@@ -202,7 +171,7 @@ def test_two_jobs_never_share_a_run_directory(tiny_corpus, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         for resume in (False, True):
-            cfg = _sft_cfg(tiny_corpus, run, lock_wait_seconds=1.0)
+            cfg = sft_cfg(tiny_corpus, run, lock_wait_seconds=1.0)
             with pytest.raises(RunDirLockedError) as err:
                 fit(cfg, resume=resume)
             msg = str(err.value)
@@ -211,21 +180,21 @@ def test_two_jobs_never_share_a_run_directory(tiny_corpus, tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    summary = fit(_sft_cfg(tiny_corpus, run, max_steps=1), resume=True)  # the dead holder's lock is free
+    summary = fit(sft_cfg(tiny_corpus, run, max_steps=1), resume=True)  # the dead holder's lock is free
     assert summary["steps"] == 1 and not tmp.exists()  # stale temp files removed, now under the lock
 
 
 def test_resume_refuses_a_truncated_checkpoint_in_one_line(tiny_corpus, tmp_path, capsys):
     from ark_asr.run import fit
 
-    fit(_sft_cfg(tiny_corpus, tmp_path / "run", max_steps=2))
+    fit(sft_cfg(tiny_corpus, tmp_path / "run", max_steps=2))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     (tmp_path / "run" / "summary.json").unlink()
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # what a full disk used to leave
     cfg_path = tmp_path / "sft.yaml"
     from common.config import save_yaml
 
-    save_yaml(_sft_cfg(tiny_corpus, tmp_path / "run", max_steps=2), cfg_path)
+    save_yaml(sft_cfg(tiny_corpus, tmp_path / "run", max_steps=2), cfg_path)
     capsys.readouterr()  # the first fit's output
     assert main(["fit", "-c", str(cfg_path), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -249,8 +218,6 @@ def test_weights_and_cache_shards_respect_the_umask(tiny_corpus, tmp_path, whisp
     cache shard, an ASKD export and the converted bundled Whisper (safetensors wrote 0600, mkdtemp 0700)."""
     import stat
 
-    from test_ark import _model_cfg
-
     from ark_asr.model import build_student
     from common.teachers.cache import CacheConfig, build_cache
     from common.teachers.whisper_teacher import WhisperTeacher
@@ -258,7 +225,7 @@ def test_weights_and_cache_shards_respect_the_umask(tiny_corpus, tmp_path, whisp
 
     old = os.umask(0o022)
     try:
-        student_dir = build_student(_model_cfg()).save_pretrained(tmp_path / "student")
+        student_dir = build_student(ark_model_cfg()).save_pretrained(tmp_path / "student")
         cache = tmp_path / "cache"
         build_cache(
             CacheConfig(
@@ -301,7 +268,7 @@ def test_audio_that_fails_to_decode_mid_training_is_counted_once(tiny_corpus, tm
     rows.append({"audio_filepath": str(nan), "text": "not a number", "language": "en"})
     manifest = tmp_path / "data" / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=8)
+    cfg = sft_cfg(tiny_corpus, tmp_path / "run", max_steps=8)
     cfg.data.train, cfg.data.bad_sample_policy = [str(manifest)], "skip"
     summary = fit(cfg)
     assert summary["data_skipped"]["train_undecodable"] == 1, summary["data_skipped"]
@@ -418,7 +385,7 @@ def test_fit_counts_what_the_data_left_out(tiny_corpus, tmp_path):
         r["audio_filepath"] = str((tiny_corpus / "en_train" / r["audio_filepath"]).resolve())
     rows.append({**rows[0], "audio_filepath": str(tmp_path / "missing.wav"), "id": "gone"})
     (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=1)
+    cfg = sft_cfg(tiny_corpus, tmp_path / "run", max_steps=1)
     cfg.data.train, cfg.data.bad_sample_policy = [str(d / "manifest.jsonl")], "skip"
     summary = fit(cfg)
     assert summary["data_skipped"]["invalid_rows"] == {str(d / "manifest.jsonl"): 1}
@@ -460,18 +427,18 @@ def test_resume_with_a_changed_config(tiny_corpus, tmp_path):
     from common.config import ConfigError
 
     run = tmp_path / "run"
-    assert fit(_sft_cfg(tiny_corpus, run, max_steps=2))["steps"] == 2
-    longer = fit(_sft_cfg(tiny_corpus, run, max_steps=4), resume=True)
+    assert fit(sft_cfg(tiny_corpus, run, max_steps=2))["steps"] == 2
+    longer = fit(sft_cfg(tiny_corpus, run, max_steps=4), resume=True)
     assert longer["steps"] == 4 and not longer.get("stopped_early")
     assert json.loads((run / "summary.step0000002.json").read_text())["steps"] == 2
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 2
     assert yaml.safe_load((run / "config.resume-1.yaml").read_text())["trainer"]["max_steps"] == 4
-    lr = _sft_cfg(tiny_corpus, run, max_steps=6)
+    lr = sft_cfg(tiny_corpus, run, max_steps=6)
     lr.optim.lr = 5e-4
     with pytest.raises(ConfigError, match=r"optim\.lr: 0\.001 -> 0\.0005") as err:
         fit(lr, resume=True)
     assert "\n" not in str(err.value)
-    wide = _sft_cfg(tiny_corpus, run, max_steps=6)
+    wide = sft_cfg(tiny_corpus, run, max_steps=6)
     wide.model.llm_config = {**wide.model.llm_config, "hidden_size": 2 * wide.model.llm_config["hidden_size"]}
     with pytest.raises(ConfigError, match="model.llm_config.hidden_size"):
         fit(wide, resume=True)
@@ -484,7 +451,7 @@ def test_cluster_logs_and_tensorboard(tiny_corpus, tmp_path, capsys):
     from ark_asr.run import fit
     from common.runs import read_scalars
 
-    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=4, progress_every_n_steps=2, val_every_n_steps=4)
+    cfg = sft_cfg(tiny_corpus, tmp_path / "run", max_steps=4, progress_every_n_steps=2, val_every_n_steps=4)
     cfg.data.dev = [str(tiny_corpus / "en_dev" / "manifest.jsonl")]
     fit(cfg)
     out = capsys.readouterr().out
@@ -530,7 +497,7 @@ def test_step_checkpoints_kept_and_a_truncated_last_falls_back(tiny_corpus, tmp_
     from ark_asr.run import fit
 
     run = tmp_path / "run"
-    fit(_sft_cfg(tiny_corpus, run, max_steps=4, ckpt_every_n_steps=1, keep_step_ckpts=2))
+    fit(sft_cfg(tiny_corpus, run, max_steps=4, ckpt_every_n_steps=1, keep_step_ckpts=2))
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step0000003.ckpt", "step0000004.ckpt"]
     last = run / "checkpoints" / "last.ckpt"
@@ -540,7 +507,7 @@ def test_step_checkpoints_kept_and_a_truncated_last_falls_back(tiny_corpus, tmp_
     stale.write_bytes(b"x" * 1000)
     capsys.readouterr()
     assert (
-        fit(_sft_cfg(tiny_corpus, run, max_steps=5, ckpt_every_n_steps=1, keep_step_ckpts=2), resume=True)["steps"] == 5
+        fit(sft_cfg(tiny_corpus, run, max_steps=5, ckpt_every_n_steps=1, keep_step_ckpts=2), resume=True)["steps"] == 5
     )
     assert "resuming from step0000004.ckpt" in capsys.readouterr().out
     assert not stale.exists()
@@ -564,7 +531,7 @@ def _fit_cli(cfg, tmp_path, *overrides) -> tuple[int, str]:
 
 def test_startup_mistakes_are_one_line_and_leave_no_run_directory(tiny_corpus, tmp_path):
     run = tmp_path / "run"
-    cfg = _sft_cfg(tiny_corpus, run, max_steps=1)
+    cfg = sft_cfg(tiny_corpus, run, max_steps=1)
     cases = [
         (["trainer.accelerator=gpu"], "trainer.accelerator=gpu: no CUDA device"),
         (
@@ -592,7 +559,7 @@ def test_a_read_only_run_dir_is_one_line(tiny_corpus, tmp_path):
         pytest.skip("no unshare(1)")
     ro = tmp_path / "ro"
     ro.mkdir()
-    cfg = _sft_cfg(tiny_corpus, ro / "run", max_steps=1)
+    cfg = sft_cfg(tiny_corpus, ro / "run", max_steps=1)
     from common.config import save_yaml
 
     save_yaml(cfg, tmp_path / "cfg.yaml")
@@ -624,7 +591,7 @@ def test_fewer_cuts_than_buckets_are_clamped(tiny_corpus, tmp_path):
     )
     from ark_asr.run import fit
 
-    cfg = _sft_cfg(tiny_corpus, tmp_path / "run", max_steps=1)
+    cfg = sft_cfg(tiny_corpus, tmp_path / "run", max_steps=1)
     cfg.data.train, cfg.data.num_buckets = [str(small)], 8
     assert fit(cfg)["steps"] == 1
 
@@ -638,10 +605,10 @@ def test_resume_of_another_methods_run_or_checkpoint_says_so(tiny_corpus, tmp_pa
     other.mkdir()
     (other / "config.yaml").write_text("method: askd_whisper\nrun_dir: x\n")
     with pytest.raises(ConfigError) as err:
-        fit(_sft_cfg(tiny_corpus, other), resume=True)
+        fit(sft_cfg(tiny_corpus, other), resume=True)
     assert f"{other} is an askd_whisper run and this config is ark_asr" in str(err.value)
     mine = tmp_path / "ark_run"
-    fit(_sft_cfg(tiny_corpus, mine, max_steps=1))
+    fit(sft_cfg(tiny_corpus, mine, max_steps=1))
     ckpt = mine / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)
     assert state["asr_distill_method"] == "ark_asr"
@@ -649,7 +616,7 @@ def test_resume_of_another_methods_run_or_checkpoint_says_so(tiny_corpus, tmp_pa
     (foreign / "checkpoints").mkdir(parents=True)
     torch.save({**state, "asr_distill_method": "askd_whisper"}, foreign / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointError, match="is a checkpoint of askd_whisper, not of ark_asr"):
-        fit(_sft_cfg(tiny_corpus, foreign, max_steps=2), resume=True)
+        fit(sft_cfg(tiny_corpus, foreign, max_steps=2), resume=True)
 
 
 def test_cli_messages_name_the_file_line_and_key(tmp_path, capsys):

@@ -9,13 +9,6 @@ import torch
 from common.audio import load_audio
 from common.teachers.base import gather_logprobs
 from common.teachers.token_map import TokenMap
-from common.teachers.whisper_teacher import WhisperTeacher
-
-
-@pytest.fixture(scope="module")
-def teacher(whisper_tiny):
-    model, proc = whisper_tiny
-    return WhisperTeacher(model, proc)
 
 
 def test_teacher_is_frozen(teacher):
