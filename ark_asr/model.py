@@ -27,7 +27,7 @@ import torch.utils.checkpoint
 from ark_asr.config import ArkModelConfig
 from common.audio import TARGET_SR
 from common.audio import as_numpy as _as_numpy
-from common.teachers.base import pad_targets, predicting_states, right_pad
+from common.teachers.scoring import pad_targets, predicting_states, right_pad
 
 ARK_SPECIALS = ["<|user|>", "<|begin_of_audio|>", "<|audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"]
 STOP = "<|im_end|>"

@@ -19,6 +19,8 @@ import torch
 from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
+from common.teachers.protocol import Teacher
+from common.teachers.token_map import TokenMap
 from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
 
 
@@ -41,7 +43,12 @@ class ArkCollator:
 
 class ArkModule(L.LightningModule):
     def __init__(
-        self, cfg: ArkConfig, student: ArkStudent, teacher=None, token_map=None, dev_names: tuple[str, ...] = ()
+        self,
+        cfg: ArkConfig,
+        student: ArkStudent,
+        teacher: Optional[Teacher] = None,
+        token_map: Optional[TokenMap] = None,
+        dev_names: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.cfg, self.student = cfg, student
@@ -52,8 +59,10 @@ class ArkModule(L.LightningModule):
         self.train_skips = TrainSkips()
         if cfg.stage == "opd" and (teacher is None or token_map is None):
             raise ValueError("stage opd needs a teacher and a token map")
-        if cfg.stage == "opd" and cfg.opd.teacher_encoder_cache_mb and not hasattr(teacher, "encode"):
-            raise ValueError(f"opd.teacher_encoder_cache_mb: the {type(teacher).__name__} teacher has no encode()")
+        if cfg.stage == "opd" and cfg.opd.teacher_encoder_cache_mb and not teacher.reusable_encoder:
+            raise ValueError(
+                f"opd.teacher_encoder_cache_mb: the {type(teacher).__name__} teacher cannot reuse encoder states"
+            )
         self._enc_cache: dict[str, torch.Tensor] = {}  # utterance id -> teacher encoder states (opd)
         self._enc_cache_bytes = 0
 

@@ -10,12 +10,13 @@ from ark_asr.config import ArkConfig
 from ark_asr.model import ArkTranscriber, build_student, check_model_dir
 from ark_asr.module import ArkCollator, ArkModule
 from common.data.datamodule import AudioDataModule
+from common.teachers.protocol import Teacher
 from common.training import run_fit
 
 
-def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dict[str, Any]]:
+def build(cfg: ArkConfig, teacher: Optional[Teacher] = None) -> tuple[ArkModule, AudioDataModule, dict[str, Any]]:
     from common.teachers import build_teacher
-    from common.teachers.cache import TeacherCache, relabel_with_teacher
+    from common.teachers.cache import open_for_training
     from common.teachers.token_map import TokenMap
 
     student = build_student(cfg.model)
@@ -23,11 +24,16 @@ def build(cfg: ArkConfig, teacher=None) -> tuple[ArkModule, AudioDataModule, dic
     dm = AudioDataModule(cfg.data, collate, collate)
     dm.setup("fit")
     info: dict[str, Any] = {}
-    if cfg.stage == "td":
-        cache = TeacherCache(cfg.teacher_cache)
-        cache.check_for(None, cfg.data.train)  # the manifests it was built on (no teacher is loaded for TD)
-        dm.train_cuts, info["not_in_cache"] = cache.coverage(dm.train_cuts, cfg.data.bad_sample_policy)
-        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(dm.train_cuts, cache, cfg.td_max_wer)
+    if cfg.stage == "td":  # CE on teacher transcripts; no teacher is loaded: the cache is checked on its manifests
+        _, info = open_for_training(
+            dm,
+            cfg.teacher_cache,
+            None,
+            cfg.data.train,
+            cfg.data.bad_sample_policy,
+            relabel=True,
+            max_error_rate=cfg.td_max_wer,
+        )
     token_map = None
     if cfg.stage == "opd":
         teacher = teacher or build_teacher(cfg.teacher)
@@ -40,7 +46,7 @@ def fit(
     cfg: ArkConfig,
     resume: bool = False,
     overwrite: bool = False,
-    teacher=None,
+    teacher: Optional[Teacher] = None,
     stop_after_steps: Optional[int] = None,
     callbacks: Optional[list] = None,
 ) -> dict[str, Any]:

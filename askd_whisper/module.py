@@ -20,6 +20,8 @@ from askd_whisper.schedules import adaptive_token_weights, self_kd_weight, teach
 from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
+from common.teachers.cache import TeacherCache
+from common.teachers.protocol import Teacher
 from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
 
 
@@ -33,7 +35,14 @@ class LossWeights(NamedTuple):
 
 
 class AskdModule(L.LightningModule):
-    def __init__(self, cfg: AskdConfig, teacher, student=None, cache=None, dev_names: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        cfg: AskdConfig,
+        teacher: Teacher,
+        student: Optional[torch.nn.Module] = None,
+        cache: Optional[TeacherCache] = None,
+        dev_names: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.student = (
@@ -104,31 +113,6 @@ class AskdModule(L.LightningModule):
         )
         return model.proj_out(out.last_hidden_state)
 
-    def _cached_topk(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Teacher top-k ids (B, T, k; -1 elsewhere), log-probs (B, T, k; -inf elsewhere) and tempered log-partition
-        (B, T) from the cache, laid out at the label positions (cache rows = reference + stop). The cached target ids
-        must be exactly the labels: a cache that scored another transcript is refused, naming the utterance."""
-        from common.teachers.cache import CacheMismatchError
-
-        B, T = labels.shape
-        k = self.cache.stamp["top_k"]
-        dev = labels.device
-        ids = torch.full((B, T, k), -1, dtype=torch.long, device=dev)
-        lps = torch.full((B, T, k), float("-inf"), device=dev)
-        log_z = torch.zeros((B, T), device=dev)
-        for i, uid in enumerate(batch["ids"]):
-            u = self.cache[uid]
-            pos = (labels[i] != -100).nonzero().squeeze(-1)
-            if len(pos) != len(u.target_ids) or not torch.equal(labels[i, pos].cpu(), u.target_ids):
-                raise CacheMismatchError(
-                    f"teacher cache {self.cache.path}: utterance {uid}: its cached target ids differ from the "
-                    f"training labels ({len(u.target_ids)} vs {len(pos)} tokens); the cache scored another transcript"
-                    " or tokenisation: rebuild it for these references"
-                )
-            ids[i, pos], lps[i, pos] = u.topk_ids.to(dev), u.topk_logprobs.to(dev)
-            log_z[i, pos] = u.log_z_tau.to(dev)
-        return ids, lps, log_z
-
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
         self.train_skips.count(self, batch)  # unreadable audio under bad_sample_policy=skip: counted, never silent
@@ -146,17 +130,12 @@ class AskdModule(L.LightningModule):
             if lam > 0 and self.cfg.teacher_source == "online":
                 with torch.no_grad():
                     t_enc = self._teacher_encoder_states(batch["input_features"], enc)
-                    t_batch = {
-                        k: batch[k].to(self.teacher.device) for k in ("decoder_input_ids", "decoder_attention_mask")
-                    }
-                    t_logits = self._decoder_logits(self.teacher.model, t_enc, t_batch).to(
-                        s_logits.device, s_logits.dtype
-                    )
+                    t_logits = self.teacher.decoder_logits(t_enc, batch).to(s_logits.device, s_logits.dtype)
                 top1_prob, top1 = torch.softmax(t_logits.float(), -1).max(-1)
                 w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
                 kd = kd_kl(s_logits, t_logits, mask, self.cfg.curriculum.tau, weights=w)
             elif lam > 0 and self.cfg.teacher_source == "cache":
-                ids, lps, log_z = self._cached_topk(batch, labels)
+                ids, lps, log_z = self.cache.topk_at_labels(batch["ids"], labels)
                 top1, top1_prob = ids[..., 0], lps[..., 0].exp()
                 w = adaptive_token_weights(self.cfg.curriculum.adaptive, lam, top1, top1_prob, labels)
                 kd = sparse_kd_kl(s_logits, ids, lps, mask, self.cfg.curriculum.tau, weights=w, teacher_log_z=log_z)

@@ -13,14 +13,14 @@ from common.data.collate import WhisperCollator
 from common.data.datamodule import AudioDataModule
 from common.evaluate import WhisperTranscriber
 from common.io import publish
-from common.teachers.whisper_teacher import WhisperTeacher
+from common.teachers.protocol import Teacher
 from common.training import launch_rank, run_fit
 from common.training.preemption import load_checkpoint
 
 
-def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[AskdModule, AudioDataModule, dict]:
+def build(cfg: AskdConfig, teacher: Optional[Teacher] = None) -> tuple[AskdModule, AudioDataModule, dict]:
     from common.teachers import build_teacher
-    from common.teachers.cache import TeacherCache, relabel_with_teacher
+    from common.teachers.cache import open_for_training
 
     if cfg.teacher.kind != "whisper":
         raise ValueError(f"teacher.kind: ASKD-Whisper distils a Whisper teacher, got {cfg.teacher.kind!r}")
@@ -40,13 +40,18 @@ def build(cfg: AskdConfig, teacher: Optional[WhisperTeacher] = None) -> tuple[As
     )
     dm.setup("fit")
     info: dict[str, Any] = {}
-    cache = TeacherCache(cfg.teacher_cache) if cfg.teacher_cache else None
-    if cache is not None:  # before any step: the cache must be this teacher's, on these manifests, at this tau
-        kd_tau = cfg.curriculum.tau if cfg.teacher_source == "cache" else None
-        cache.check_for(teacher, cfg.data.train, tau=kd_tau)
-        dm.train_cuts, info["not_in_cache"] = cache.coverage(dm.train_cuts, cfg.data.bad_sample_policy)
-    if cfg.labels == "pseudo":
-        dm.train_cuts, info["pseudo_labels"] = relabel_with_teacher(dm.train_cuts, cache, cfg.pseudo_label_max_wer)
+    cache = None
+    if cfg.teacher_cache:  # before any step: the cache must be this teacher's, on these manifests, at this tau
+        cache, info = open_for_training(
+            dm,
+            cfg.teacher_cache,
+            teacher,
+            cfg.data.train,
+            cfg.data.bad_sample_policy,
+            tau=cfg.curriculum.tau if cfg.teacher_source == "cache" else None,
+            relabel=cfg.labels == "pseudo",
+            max_error_rate=cfg.pseudo_label_max_wer,
+        )
     module = AskdModule(
         cfg,
         teacher,
@@ -61,7 +66,7 @@ def fit(
     cfg: AskdConfig,
     resume: bool = False,
     overwrite: bool = False,
-    teacher: Optional[WhisperTeacher] = None,
+    teacher: Optional[Teacher] = None,
     stop_after_steps: Optional[int] = None,
     callbacks: Optional[list] = None,
 ) -> dict:

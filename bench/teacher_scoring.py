@@ -5,7 +5,7 @@ of prompt + audio + transcript, of which T are transcript positions) and the rea
 (151,936), with random fp32 weights (hidden 2048, Qwen3-ASR-1.7B's LM). The transformer body is the same
 for both paths and left out.
   naive: logits = lm_head(all S positions) in fp32 -> log_softmax -> gather top-k / targets
-  ours:  common.teachers.base.score_hidden on the T transcript positions, in chunks of 256 positions
+  ours:  common.teachers.scoring.score_hidden on the T transcript positions, in chunks of 256 positions
 Each path runs in its own fresh process; the figure is the growth of the peak resident set (ru_maxrss)
 during the scoring call. Usage: python bench/teacher_scoring.py [--batch 8] [--seq 230] [--targets 64]
 """
@@ -28,7 +28,7 @@ def _peak_kib() -> int:
 def child(mode: str, B: int, S: int, T: int, k: int) -> None:
     import torch
 
-    from common.teachers.base import score_hidden
+    from common.teachers.scoring import score_hidden
 
     torch.manual_seed(0)
     lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)

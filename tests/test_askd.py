@@ -285,7 +285,7 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
         self_kd={"enabled": False},
     )
     s = fit(pseudo, teacher=teacher)
-    assert s["pseudo_labels"]["kept"] > 0 and s["steps"] == 2
+    assert s["teacher_labels"]["kept"] > 0 and s["steps"] == 2
 
 
 # -- issue: ASKD-Whisper and teacher-cache fidelity -----------------------------------------------------------------

@@ -103,3 +103,15 @@ def test_generate_parses_and_stops(teacher):
     g = teacher.generate(batch, max_new_tokens=4)
     assert len(g.texts) == 2 and all(len(ids) <= 4 for ids in g.token_ids)
     assert all(teacher.stop_id not in ids for ids in g.token_ids)
+
+
+def test_the_qwen3_asr_teacher_fulfils_the_contract(teacher):
+    """The protocol's members, with the encoder reuse refused in one line (its audio joins the LM prompt)."""
+    from common.teachers import Teacher
+
+    assert isinstance(teacher, Teacher) and not teacher.reusable_encoder
+    assert isinstance(teacher.device, torch.device) and isinstance(teacher.stop_id, int)
+    with pytest.raises(NotImplementedError, match="reusable_encoder"):
+        teacher.encode({})
+    with pytest.raises(ValueError, match="cannot reuse encoder states"):
+        teacher.score({}, [[1]], top_k=2, encoder_out=torch.zeros(1))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.audio import load_audio
-from common.teachers.base import gather_logprobs
+from common.teachers.scoring import gather_logprobs
 from common.teachers.token_map import TokenMap
 
 
@@ -132,3 +132,18 @@ def test_teacher_config_rejects_bundled_qwen():
 
     with pytest.raises(ConfigError, match="bundled models are Whisper"):
         from_dict(TeacherConfig, {"kind": "qwen3_asr", "name_or_path": "bundled:tiny.en"})
+
+
+def test_the_whisper_teacher_fulfils_the_contract(teacher):
+    """Everything the methods call is on the protocol (a runtime-checkable Protocol); online KD's full logits come
+    from the teacher (``decoder_logits``), equal to the Hugging Face forward."""
+    from common.teachers import Teacher
+
+    assert isinstance(teacher, Teacher) and teacher.reusable_encoder
+    assert isinstance(teacher.device, torch.device) and isinstance(teacher.stop_id, int)
+    feats = teacher.prepare([np.zeros(16000, np.float32)], ["en"])
+    enc = teacher.encode(feats)
+    ids = torch.tensor([teacher._prefix("en") + teacher.encode_text("hello", "en")[:-1]])
+    logits = teacher.decoder_logits(enc, {"decoder_input_ids": ids, "decoder_attention_mask": torch.ones_like(ids)})
+    full = teacher.model(input_features=feats["input_features"], decoder_input_ids=ids).logits
+    torch.testing.assert_close(logits, full, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,4 @@
-"""Frozen teachers behind one interface (:class:`~common.teachers.base.Teacher`), built from config."""
+"""Frozen teachers behind one interface (:class:`~common.teachers.protocol.Teacher`), built from config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Literal
 
 import torch
 
-from common.teachers.base import Generation, Teacher, TeacherScores
+from common.teachers.protocol import Generation, Teacher
+from common.teachers.scoring import TeacherScores
 
 __all__ = ["TeacherConfig", "build_teacher", "Teacher", "TeacherScores", "Generation"]
 

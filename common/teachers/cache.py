@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -187,7 +187,7 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
         langs = [c.supervisions[0].language for c in chunk]
         batch = teacher.prepare(audios, langs)
         targets = [teacher.encode_text(r, l) for r, l in zip(refs, langs)]
-        shared = {"encoder_out": teacher.encode(batch)} if hasattr(teacher, "encode") else {}  # one encoder pass
+        shared = {"encoder_out": teacher.encode(batch)} if teacher.reusable_encoder else {}  # one encoder pass
         sc = teacher.score(batch, targets, top_k=cfg.top_k, tau=cfg.tau, **shared)
         gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens, **shared) if cfg.generate else None
         for i, (c, ref, lang, tgt) in enumerate(zip(chunk, refs, langs, targets)):
@@ -336,6 +336,31 @@ class TeacherCache:
         keep = set(self._items)
         return cuts.filter(lambda c: c.id in keep).to_eager(), len(missing)
 
+    def topk_at_labels(
+        self, ids: Sequence[str], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher top-k ids (B, T, k; -1 elsewhere), log-probs (B, T, k; -inf elsewhere) and tempered log-partition
+        (B, T) from the cache, laid out at the label positions (cache rows = reference + stop). The cached target ids
+        must be exactly the labels: a cache that scored another transcript is refused, naming the utterance."""
+        B, T = labels.shape
+        k = self.stamp["top_k"]
+        dev = labels.device
+        top = torch.full((B, T, k), -1, dtype=torch.long, device=dev)
+        lps = torch.full((B, T, k), float("-inf"), device=dev)
+        log_z = torch.zeros((B, T), device=dev)
+        for i, uid in enumerate(ids):
+            u = self[uid]
+            pos = (labels[i] != -100).nonzero().squeeze(-1)
+            if len(pos) != len(u.target_ids) or not torch.equal(labels[i, pos].cpu(), u.target_ids):
+                raise CacheMismatchError(
+                    f"teacher cache {self.path}: utterance {uid}: its cached target ids differ from the "
+                    f"training labels ({len(u.target_ids)} vs {len(pos)} tokens); the cache scored another transcript"
+                    " or tokenisation: rebuild it for these references"
+                )
+            top[i, pos], lps[i, pos] = u.topk_ids.to(dev), u.topk_logprobs.to(dev)
+            log_z[i, pos] = u.log_z_tau.to(dev)
+        return top, lps, log_z
+
     def pseudo_labels(self, max_error_rate: Optional[float] = None) -> dict[str, str]:
         """Teacher transcripts by utterance id. With ``max_error_rate``, Distil-Whisper's filter as published: keep a
         transcript only where the teacher's normalised error rate against the reference is *below* it, and drop
@@ -350,6 +375,30 @@ class TeacherCache:
                     continue
             out[uid] = u.hyp
         return out
+
+
+def open_for_training(
+    dm: Any,
+    path: str,
+    teacher: Optional[Any],
+    manifests: list[str],
+    policy: str,
+    tau: Optional[float] = None,
+    relabel: bool = False,
+    max_error_rate: Optional[float] = None,
+) -> tuple[TeacherCache, dict[str, Any]]:
+    """The teacher cache of a training set, set up the one way both methods use it (Ark-ASR's TD, ASKD-Whisper's
+    cached KD and pseudo-labels): checked against the teacher (``None``: not loaded, as for TD), the manifests and
+    ``tau`` before any step; ``dm.train_cuts`` restricted to the cached utterances (``policy``: skip and count, or
+    refuse); with ``relabel``, each transcript replaced by the teacher's (``max_error_rate``: Distil-Whisper's WER
+    filter). Returns the cache and the counts for the fit summary (``not_in_cache``, ``teacher_labels``)."""
+    cache = TeacherCache(path)
+    cache.check_for(teacher, manifests, tau=tau)
+    info: dict[str, Any] = {}
+    dm.train_cuts, info["not_in_cache"] = cache.coverage(dm.train_cuts, policy)
+    if relabel:
+        dm.train_cuts, info["teacher_labels"] = relabel_with_teacher(dm.train_cuts, cache, max_error_rate)
+    return cache, info
 
 
 def relabel_with_teacher(cuts, cache: TeacherCache, max_error_rate: Optional[float]):

@@ -21,8 +21,9 @@ import torch
 
 from common.audio import TARGET_SR
 from common.audio import as_numpy as _as_numpy
-from common.teachers.base import (
-    Generation,
+from common.teachers.protocol import Generation
+from common.teachers.qwen3 import load_qwen3_tokenizer
+from common.teachers.scoring import (
     TeacherScores,
     freeze,
     pad_targets,
@@ -31,7 +32,6 @@ from common.teachers.base import (
     score_hidden,
     vocab_mask,
 )
-from common.teachers.qwen3 import load_qwen3_tokenizer
 from common.teachers.token_map import control_token_ids
 from common.text import LANGUAGE_NAMES, detect_language
 
@@ -125,6 +125,18 @@ class Qwen3ASRTeacher:
     def encode_text(self, text: str, language: str | None = None) -> list[int]:
         return self.tokenizer.encode(text.strip(), add_special_tokens=False) + [self.stop_id]
 
+    reusable_encoder = False  # its audio tower's output is spliced into the LM prompt, not a separate encoder input
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError("a Qwen3-ASR teacher has no reusable encoder states (reusable_encoder is False)")
+
+    def decoder_logits(self, encoder_out: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError("online full-vocabulary KD needs an encoder-decoder teacher (Whisper)")
+
     # -- scoring --------------------------------------------------------------------------------
     @torch.no_grad()
     def score(
@@ -135,9 +147,13 @@ class Qwen3ASRTeacher:
         languages: Sequence[str] | None = None,
         block_control: bool = False,
         tau: float | None = None,
+        encoder_out: torch.Tensor | None = None,
     ) -> TeacherScores:
         """Teacher-forced log-probs at the transcript positions; the language of each row is given or (None)
-        inferred from its text (CJK -> Chinese, else English). ``block_control``: ``control_ids`` masked out first."""
+        inferred from its text (CJK -> Chinese, else English). ``block_control``: ``control_ids`` masked out first.
+        ``encoder_out`` is refused: the audio tower's output is merged into the prompt (``reusable_encoder`` False)."""
+        if encoder_out is not None:
+            raise ValueError("Qwen3-ASR teachers cannot reuse encoder states (reusable_encoder is False)")
         languages = languages or batch.get("languages") or [None] * len(targets)
         languages = [
             lang or detect_language(self.tokenizer.decode(list(t), skip_special_tokens=True))

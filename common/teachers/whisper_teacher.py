@@ -11,8 +11,8 @@ import torch
 from common.audio import TARGET_SR
 from common.audio import as_numpy as _as_numpy
 from common.data.collate import is_multilingual, whisper_prefix, whisper_target_ids
-from common.teachers.base import (
-    Generation,
+from common.teachers.protocol import Generation
+from common.teachers.scoring import (
     TeacherScores,
     freeze,
     pad_targets,
@@ -88,6 +88,19 @@ class WhisperTeacher:
         ids = [[t for t in s.tolist() if t not in special and t < len(self.tokenizer)] for s in seqs]
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return Generation(texts, ids)
+
+    reusable_encoder = True  # Whisper's encoder sees the audio alone
+
+    @torch.no_grad()
+    def decoder_logits(self, encoder_out: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Full-vocabulary logits (B, L, V) teacher-forced on ``decoder_input_ids`` / ``decoder_attention_mask``."""
+        dev = encoder_out.device
+        out = self.model.model.decoder(
+            input_ids=batch["decoder_input_ids"].to(dev),
+            attention_mask=batch["decoder_attention_mask"].to(dev),
+            encoder_hidden_states=encoder_out,
+        )
+        return self.model.proj_out(out.last_hidden_state)
 
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -1,19 +1,16 @@
-"""The ``Teacher`` protocol and the memory-aware scoring primitive shared by every teacher.
+"""Teacher-forced scoring shared by every teacher (and the student's padding helpers): the memory-aware primitive.
 
-A teacher is always frozen (``eval()``, ``requires_grad_(False)``), lives outside the optimizer and is
-never part of a student checkpoint. Scoring a target sequence teacher-forced returns, per target
-position, the teacher's top-k ids and log-probs, the log-prob of the target token and a validity mask;
-:meth:`TeacherScores.gather` gives the log-prob of any other ids (the student's candidates) exactly,
-from the kept final hidden states, without ever holding a (B, T, V) tensor.
+Scoring a target sequence teacher-forced returns, per target position, the teacher's top-k ids and log-probs, the
+log-prob of the target token and a validity mask; :meth:`TeacherScores.gather` gives the log-prob of any other ids
+(the student's candidates) exactly, from the kept final hidden states, without ever holding a (B, T, V) tensor.
+The contract a teacher fulfils is :class:`common.teachers.protocol.Teacher`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 
@@ -149,42 +146,6 @@ def pad_targets(targets: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tenso
         ids[i, : len(t)] = torch.tensor(list(t), dtype=torch.long)
         mask[i, : len(t)] = True
     return ids, mask
-
-
-@dataclass
-class Generation:
-    texts: list[str]
-    token_ids: list[list[int]]  # generated transcript ids (teacher vocabulary), without prefix/stop tokens
-
-
-class Teacher(Protocol):
-    """What both methods need from a frozen teacher."""
-
-    tokenizer: Any
-    processor: Any
-
-    def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
-        """Audio -> the teacher's own input features (its processor)."""
-
-    def encode_text(self, text: str, language: str) -> list[int]:
-        """A transcript -> target ids in the teacher vocabulary, ending with the teacher's stop token."""
-
-    def generate(self, batch: dict[str, Any], max_new_tokens: int = 128, num_beams: int = 1) -> Generation: ...
-
-    control_ids: list[int]
-    """Ids that are never transcript text (every special or added token but the stop token; Whisper: its
-    ``suppress_tokens`` and the timestamp ids too)."""
-
-    def score(
-        self,
-        batch: dict[str, Any],
-        targets: Sequence[Sequence[int]],
-        top_k: int,
-        block_control: bool = False,
-        tau: float | None = None,
-    ) -> TeacherScores:
-        """Teacher-forced scores; ``block_control`` masks ``control_ids`` out before the top-k and log-softmax;
-        ``tau`` also returns the tempered log-partition (``TeacherScores.log_z_tau``)."""
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
