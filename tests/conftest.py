@@ -73,19 +73,22 @@ TINY_LLM = dict(
 )
 
 
+TINY_ARK_MODEL = {
+    "encoder": "bundled:tiny.en",
+    "encoder_positions": "absolute",
+    "llm": "config",
+    "llm_config": TINY_LLM,
+    "tokenizer": "whisper",
+    "transcript_prefix": " ",
+}
+"""The model section of the tiny Ark configs (the real tiny.en encoder with its position table, a tiny Qwen3 LM)."""
+
+
 def ark_model_cfg(**kw):
     """A tiny Ark student: the real tiny.en encoder (frozen, its position table) + a 1-layer random Qwen3 LM."""
     from ark_asr.config import ArkModelConfig
 
-    return ArkModelConfig(
-        encoder="bundled:tiny.en",
-        llm="config",
-        llm_config=TINY_LLM,
-        tokenizer="whisper",
-        transcript_prefix=" ",
-        freeze_encoder=True,
-        **{"encoder_positions": "absolute", **kw},
-    )
+    return ArkModelConfig(**{**TINY_ARK_MODEL, "freeze_encoder": True, **kw})
 
 
 def ark_cfg(tiny_corpus, run_dir, stage, **kw):
@@ -96,15 +99,7 @@ def ark_cfg(tiny_corpus, run_dir, stage, **kw):
     base = {
         "run_dir": str(run_dir),
         "stage": stage,
-        "model": {
-            "encoder": "bundled:tiny.en",
-            "encoder_positions": "absolute",
-            "llm": "config",
-            "llm_config": TINY_LLM,
-            "tokenizer": "whisper",
-            "transcript_prefix": " ",
-            "freeze_encoder": True,
-        },
+        "model": {**TINY_ARK_MODEL, "freeze_encoder": True},
         "teacher": {"kind": "whisper", "name_or_path": "bundled:tiny.en"},
         "opd": {"top_k": 8, "max_new_tokens": 12},
         "data": {
@@ -157,14 +152,7 @@ def sft_cfg(tiny_corpus, run_dir, **trainer):
         {
             "run_dir": str(run_dir),
             "stage": "sft",
-            "model": {
-                "encoder": "bundled:tiny.en",
-                "encoder_positions": "absolute",
-                "llm": "config",
-                "llm_config": TINY_LLM,
-                "tokenizer": "whisper",
-                "transcript_prefix": " ",
-            },
+            "model": dict(TINY_ARK_MODEL),
             "data": {
                 "train": [str(tiny_corpus / "en_train" / "manifest.jsonl")],
                 "batch_seconds": 8.0,
