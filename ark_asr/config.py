@@ -130,7 +130,11 @@ class ArkConfig:
     )
     """The frozen teacher (opd)."""
     teacher_cache: Optional[str] = None
-    """Teacher cache with transcripts (td)."""
+    """Teacher cache with transcripts (td with td_source=teacher_cache)."""
+    td_source: Literal["teacher_cache", "self"] = "teacher_cache"
+    """Where stage td's transcripts come from: teacher_cache (TD, the paper's teacher-data adaptation), or self: the
+    starting student's own greedy transcripts of the training audio (self-training, no teacher): the control that
+    separates "OPD toward a teacher" from "more training on new audio" (same audio, steps, lr and batch as OPD)."""
     td_max_wer: Optional[float] = None
     """td: keep only teacher transcripts with normalised WER <= this (None: keep all)."""
     opd: OPDConfig = field(default_factory=OPDConfig)
@@ -149,9 +153,13 @@ class ArkConfig:
     """Validation / test decoding (greedy)."""
 
     def __post_init__(self) -> None:
-        if self.stage == "td" and not self.teacher_cache:
+        if self.stage == "td" and self.td_source == "teacher_cache" and not self.teacher_cache:
             raise ValueError("teacher_cache: stage td trains on teacher transcripts from a teacher cache")
+        if self.td_source == "self" and not self.model.init_from:
+            raise ValueError("td_source=self: self-training needs a trained student to transcribe (model.init_from)")
         if self.data.train_audio_only and self.stage == "sft":
             raise ValueError("data.train_audio_only: stage sft trains on references; audio-only data is for td and opd")
+        if self.td_source == "self" and self.td_max_wer is not None:
+            raise ValueError("td_max_wer: filters teacher transcripts; td_source=self has none")
         if self.data.train_audio_only and self.stage == "td" and self.td_max_wer is not None:
             raise ValueError("td_max_wer: audio-only training data has no references to filter teacher transcripts by")

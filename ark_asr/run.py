@@ -24,7 +24,9 @@ def build(cfg: ArkConfig, teacher: Optional[Teacher] = None) -> tuple[ArkModule,
     dm = AudioDataModule(cfg.data, collate, collate)
     dm.setup("fit")
     info: dict[str, Any] = {}
-    if cfg.stage == "td":  # CE on teacher transcripts; no teacher is loaded: the cache is checked on its manifests
+    if cfg.stage == "td" and cfg.td_source == "self":  # self-training: the student's own transcripts, no teacher
+        dm.train_cuts, info["self_labels"] = relabel_with_own_transcripts(student, dm.train_cuts, cfg)
+    elif cfg.stage == "td":  # CE on teacher transcripts; no teacher is loaded: the cache is checked on its manifests
         _, info = open_for_training(
             dm,
             cfg.teacher_cache,
@@ -40,6 +42,34 @@ def build(cfg: ArkConfig, teacher: Optional[Teacher] = None) -> tuple[ArkModule,
         token_map = TokenMap(teacher.tokenizer, student.tokenizer, extra={teacher.stop_id: student.stop_id})
         info["token_map_teacher_coverage"] = round(token_map.teacher_coverage, 4)
     return ArkModule(cfg, student, teacher, token_map, dev_names=tuple(dm.dev_names)), dm, info
+
+
+def relabel_with_own_transcripts(student, cuts, cfg: ArkConfig):
+    """Each training cut's transcript replaced by the starting student's greedy transcript of its audio (the
+    self-training control; decoded once, before training, with ``opd.max_new_tokens`` as OPD's rollouts are). Empty
+    transcripts are dropped and counted. Returns ``(cuts, {"kept", "dropped_empty"})``."""
+    import torch
+
+    from common.data.datamodule import eval_loader
+
+    texts: dict[str, str] = {}
+    student.eval()
+    with torch.no_grad():
+        for batch in eval_loader(cuts, ArkCollator(student), cfg.decoding.batch_seconds, cfg.data.bad_sample_policy):
+            if not batch["ids"]:
+                continue
+            out = student.generate(batch["input_features"], batch["feature_lens"], cfg.opd.max_new_tokens)
+            texts.update({u: student.decode(ids) for u, ids in zip(batch["ids"], out["ids"])})
+    student.train()
+
+    def relabel(c):
+        c.supervisions[0].text = texts[c.id]
+        return c
+
+    out = cuts.filter(lambda c: texts.get(c.id, "").strip() != "").map(relabel).to_eager()
+    if len(out) < 2:
+        raise ValueError("td_source=self: the starting student transcribed fewer than 2 training utterances")
+    return out, {"kept": len(out), "dropped_empty": len(cuts) - len(out)}
 
 
 def fit(

@@ -574,3 +574,26 @@ def test_opd_teacher_encoder_cache_is_exact_and_bounded(tiny_corpus, teacher):
     loss, logs = small.opd_step(batch)
     assert not small._enc_cache and torch.isfinite(loss)
     assert small.opd_step(batch)[1]["teacher_encoder_cache_hits"] == 0
+
+
+def test_self_training_control_trains_on_the_students_own_transcripts(tiny_corpus, tmp_path):
+    """td_source=self (the demo's control of OPD): the starting student's own greedy transcripts of the training
+    audio become the targets - no teacher, no reference - and a student is needed to make them."""
+    from ark_asr.run import build
+
+    start = build_student(ark_model_cfg()).save_pretrained(tmp_path / "start")
+    cfg = ark_cfg(
+        tiny_corpus, tmp_path / "run", "td", td_source="self", teacher_cache=None, model={"init_from": str(start)}
+    )
+    module, dm, info = build(cfg)
+    cuts = list(dm.train_cuts)
+    assert info["self_labels"]["kept"] == len(cuts) > 0
+    s = ArkStudent.from_pretrained(start).eval()
+    f = s.features([c.load_audio()[0] for c in cuts[:2]])
+    own = [s.decode(i) for i in s.generate(f["input_features"], f["feature_lens"], cfg.opd.max_new_tokens)["ids"]]
+    refs = {r.id: r.supervisions[0].text for r in cuts}
+    assert [refs[c.id] for c in cuts[:2]] == own  # the student's words, not the references
+    loss, _ = module.ce_step(next(iter(dm.train_dataloader())))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="td_source=self"):
+        ark_cfg(tiny_corpus, tmp_path / "r2", "td", td_source="self", teacher_cache=None)

@@ -39,26 +39,37 @@ def test_demo_end_to_end_then_reuses_every_stage(tmp_path):
     assert res["diagnostics"]["opd_from_base"]["vuss_mean"] > 0 and res["diagnostics"]["opd_from_td"]["vuss_mean"] > 0
     again: list[str] = []
     assert run_demo(tmp_path / "out", corpus_dir=tmp_path / "corpus", log=again.append) == md
-    assert sum("reused" in line for line in again) == 11  # every stage but the (cached) corpus
+    assert sum("reused" in line for line in again) == 13  # every stage but the (cached) corpus
 
 
-def test_demo_splits_are_disjoint_and_cover_the_pool():
-    """Ark-Base's labelled part, TD's and OPD's audio-only parts never share an utterance, and together they are the
-    synthetic training pool; TD and OPD (and ASKD's pseudo-labels) read no transcript."""
-    import yaml
-
+@pytest.mark.unit
+def test_demo_parts_are_disjoint_by_id_and_text():
+    """The demo's parts - Ark-Base's labelled part, TD's and OPD's audio-only parts, the teacher's own part, en_dev and
+    en_test - never share an utterance id or a transcript (the teacher never trains on the students' data or the
+    test), and the four pool parts are the whole pool; TD and OPD (and ASKD's pseudo-labels) read no transcript. From
+    the corpus plan (texts, ids), without synthesising audio."""
     from common.app.demo import CONFIGS, SPLITS
+    from common.config import load
+    from common.data.synth import SynthConfig, _plan
 
-    n_pool = yaml.safe_load((CONFIGS / "synth.yaml").read_text())["en_sizes"][0]
-    seen: set[int] = set()
-    for _, rows, _ in SPLITS:
-        idx = set(range(n_pool)[rows])
-        assert idx and not idx & seen
-        seen |= idx
-    assert seen == set(range(n_pool))
-    assert [audio_only for _, _, audio_only in SPLITS] == [False, True, True]
-    n_labelled = len(range(n_pool)[SPLITS[0][1]])
-    assert n_labelled < n_pool - n_labelled  # the unlabelled part is the larger one
+    plan = _plan(load(SynthConfig, CONFIGS / "synth.yaml", ["out_dir=/tmp/unused"]))
+    pool = plan[("en", "train")]
+    parts = {name: pool[rows] for name, rows, _ in SPLITS}
+    parts["en_dev"], parts["en_test"] = plan[("en", "dev")], plan[("en", "test")]
+    ids = [r["id"] for rows in parts.values() for r in rows]
+    texts = [r["text"] for rows in parts.values() for r in rows]
+    assert len(set(ids)) == len(ids) and len(set(texts)) == len(texts)
+    assert sum(len(pool[rows]) for _, rows, _ in SPLITS) == len(pool)
+    sizes = {k: len(v) for k, v in parts.items()}
+    assert sizes == {
+        "en_labelled": 400,
+        "en_audio_td": 250,
+        "en_audio_opd": 250,
+        "en_teacher": 400,
+        "en_dev": 100,
+        "en_test": 300,
+    }
+    assert [audio_only for _, _, audio_only in SPLITS] == [False, True, True, False]
 
 
 def test_subset_manifest_is_absolute_and_audio_only_drops_text(real_speech, tmp_path):

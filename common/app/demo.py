@@ -3,13 +3,18 @@
 The papers' premise in miniature: a teacher much stronger than the student where it teaches, a student with few
 transcripts, and audio without transcripts that only the teacher can label. Stages (``configs/demo/``; each is a run
 directory under ``--out`` and is reused when finished, so a second run only rebuilds the tables):
- 1. corpus: English espeak-ng speech, 900 train / 300 test utterances (cached by its arguments), the train pool split
-    into 400 labelled utterances, 250 audio-only utterances for teacher labels (TD, ASKD pseudo-labels) and 250
-    audio-only utterances for OPD; plus the 40 real English clips of ``../shared/data/real_speech`` when present;
- 2. teacher: the bundled real Whisper tiny.en fine-tuned on the whole pool with its transcripts (as Qwen3-ASR saw far
-    more transcribed audio than Ark), scored in-domain and on the real clips, exported as a Hugging Face directory;
+ 1. corpus: English espeak-ng speech, 1300 train / 100 dev / 300 test utterances (cached by its arguments; texts
+    disjoint across them), the train pool split (:data:`SPLITS`, disjoint by id and text) into 400 labelled
+    utterances, 250 audio-only utterances for teacher labels (TD, ASKD pseudo-labels), 250 audio-only utterances for
+    OPD and 400 for the teacher alone; plus the 40 real English clips of ``../shared/data/real_speech`` when present.
+    ``en_dev`` is for choices (the OPD learning-rate sweep, configs/sweeps/demo_opd.yaml); the tables read ``en_test``;
+ 2. teacher: the bundled real Whisper tiny.en fine-tuned on its own part with its transcripts (as Qwen3-ASR saw far
+    more transcribed audio than Ark, and none of the students' data), scored in-domain and on the real clips, exported
+    as a Hugging Face directory;
  3. teacher cache: its transcripts on the TD part (TD labels, ASKD pseudo-labels);
- 4. Ark-ASR: Ark-Base (SFT on the labelled part), + TD, + OPD, + TD + OPD, with the adapted teacher;
+ 4. Ark-ASR: Ark-Base (SFT on the labelled part), + TD, + OPD, + TD + OPD, with the adapted teacher, and the two
+    controls of OPD (same steps, lr and batch, no teacher): self-training on Ark-Base's own transcripts of the OPD
+    audio, and more SFT on the labelled part;
  5. ASKD-Whisper: 2-decoder-layer students of the teacher - CE only, Distil-Whisper-style, ASKD; latency;
  6. ``results.json`` (rows with 95 % bootstrap intervals, paired comparisons, OPD diagnostics, timings), rendered to
     ``results.md`` and ``results.tex``.
@@ -31,7 +36,7 @@ from typing import Any
 from common.io import atomic_write_json, atomic_write_text, is_complete
 from common.paths import default_corpus_dir, shared_real_speech
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
 
 class _Stages:
@@ -94,7 +99,8 @@ def _export_teacher(run_dir: Path, out: Path) -> None:
 SPLITS = [
     ("en_labelled", slice(0, 400), False),  # Ark-Base SFT
     ("en_audio_td", slice(400, 650), True),  # teacher transcripts: TD, ASKD pseudo-labels
-    ("en_audio_opd", slice(650, 900), True),  # OPD rollouts
+    ("en_audio_opd", slice(650, 900), True),  # OPD rollouts, and the self-training control
+    ("en_teacher", slice(900, 1300), False),  # the teacher's adaptation alone: it never sees the students' data
 ]
 
 
@@ -106,6 +112,8 @@ SYSTEMS = {
         "ark_base_td": "Ark-Base + TD",
         "ark_base_opd": "Ark-Base + OPD",
         "ark_base_td_opd": "Ark-Base + TD + OPD",
+        "ark_base_self": "Ark-Base + self-training",
+        "ark_base_sft_more": "Ark-Base + more SFT",
     },
 }
 # (method, a, b): each stage against its predecessor, each ASKD student against the teacher and its baselines
@@ -114,6 +122,11 @@ PAIRS = [
     ("ark_asr", "Ark-Base + OPD", "Ark-Base"),
     ("ark_asr", "Ark-Base + TD + OPD", "Ark-Base + TD"),
     ("ark_asr", "Ark-Base", "teacher"),
+    # the controls: what part of OPD's gain is the teacher's, not more steps on new (or the same) audio
+    ("ark_asr", "Ark-Base + self-training", "Ark-Base"),
+    ("ark_asr", "Ark-Base + more SFT", "Ark-Base"),
+    ("ark_asr", "Ark-Base + OPD", "Ark-Base + self-training"),
+    ("ark_asr", "Ark-Base + OPD", "Ark-Base + more SFT"),
     ("askd_whisper", "ASKD", "CE only"),
     ("askd_whisper", "ASKD", "Distil-Whisper-style"),
     ("askd_whisper", "CE only", "teacher"),
@@ -246,6 +259,8 @@ ARK_LABELS = {
     "ark_base_td": "Ark-Base + TD",
     "ark_base_opd": "Ark-Base + OPD",
     "ark_base_td_opd": "Ark-Base + TD + OPD",
+    "ark_base_self": "Ark-Base + self-training (control)",
+    "ark_base_sft_more": "Ark-Base + more SFT (control)",
 }
 ASKD_LABELS = {
     "ce_only": "student, CE only",
@@ -261,6 +276,7 @@ class DemoData:
 
     pool: str
     parts: dict[str, Path]
+    dev: str
     test: str
     test_sets: str
 
@@ -317,25 +333,28 @@ def stage_data(out: Path, st: _Stages, corpus_dir: Path, log: Callable[[str], No
     test = str(
         write_jsonl_subset(corpus[0] / "en_test" / "manifest.jsonl", out / "data" / "en_test" / "manifest.jsonl")
     )
+    dev = str(write_jsonl_subset(corpus[0] / "en_dev" / "manifest.jsonl", out / "data" / "en_dev" / "manifest.jsonl"))
     tests = [test]
     real = shared_real_speech() / "manifest.jsonl"
     if real.is_file():
         tests.append(str(write_jsonl_subset(real, out / "data" / "real_en" / "manifest.jsonl", language="en")))
     else:
         log(f"[demo] {real} not found: no real_en column (the real English clips live in ../shared)")
-    return DemoData(pool, parts, test, f"data.test=[{','.join(tests)}]")
+    return DemoData(pool, parts, dev, test, f"data.test=[{','.join(tests)}]")
 
 
 def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
-    """tiny.en adapted to the domain on the whole pool, exported, and its cache (transcripts + top-k) of the TD part."""
+    """tiny.en adapted to the domain on its own part, exported, and its cache (transcripts + top-k) of the TD part."""
     from common.config import load
     from common.teachers.cache import CacheConfig, build_cache
 
     t = DemoTeacher(out / "teacher_adapt", out / "teacher_model", out / "teacher_cache")
     st.run(
-        "teacher: tiny.en fine-tuned on the whole training pool",
+        "teacher: tiny.en fine-tuned on its own part of the pool",
         is_complete(t.run),
-        lambda: _fit("teacher_adapt.yaml", [f"data.train=[{data.pool}]", data.test_sets, f"run_dir={t.run}"]),
+        lambda: _fit(
+            "teacher_adapt.yaml", [f"data.train=[{data.parts['en_teacher']}]", data.test_sets, f"run_dir={t.run}"]
+        ),
     )
     st.run("teacher: export", t.model.is_dir(), lambda: _export_teacher(t.run, t.model))
     index = t.cache / "index.json"
@@ -355,7 +374,7 @@ def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
 
 
 def stage_ark(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher) -> list[tuple[str, str, list[str]]]:
-    """Ark-ASR: SFT on the labelled part, TD and OPD (from Base and from +TD) on audio only."""
+    """Ark-ASR: SFT on the labelled part, TD and OPD (from Base and from +TD) on audio only, and OPD's two controls."""
     base, td = out / "ark_base_sft", out / "ark_base_td"
     opd_data = f"data.train=[{data.parts['en_audio_opd']}]"
     ark = [
@@ -367,6 +386,12 @@ def stage_ark(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher) -> l
         ),
         ("ark_base_opd", "ark_opd.yaml", [opd_data, f"model.init_from={base}", *teacher.overrides]),
         ("ark_base_td_opd", "ark_opd.yaml", [opd_data, f"model.init_from={td}", *teacher.overrides]),
+        ("ark_base_self", "ark_self.yaml", [opd_data, f"model.init_from={base}"]),  # controls: OPD without a teacher
+        (
+            "ark_base_sft_more",
+            "ark_sft_more.yaml",
+            [f"data.train=[{data.parts['en_labelled']}]", f"model.init_from={base}"],
+        ),
     ]
     for run, config, extra in ark:
         st.run(
