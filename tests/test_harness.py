@@ -464,3 +464,31 @@ def test_demo_results_json_shape(tmp_path):
     c = next(c for c in res["comparisons"] if (c["a"], c["b"]) == ("Ark-Base", "teacher"))
     assert c["delta"] > 0 and c["ci"][0] > 0 and c["verdict"] == "teacher better"  # 10 % vs 0 % on 40 utterances
     json.dumps(res)  # serialisable as is
+
+
+@pytest.mark.unit
+def test_demo_seed_spread_and_conclusions_that_hold_in_every_seed(tmp_path):
+    """--seeds N: each system's per-seed rates, mean and range; a paired conclusion holds in every seed only when every
+    seed's interval excludes zero the same way."""
+    from common.app.demo import PAIRS, SYSTEMS, _comparisons_md, demo_results, seed_dir
+
+    teacher = _fake_eval_run(tmp_path / "teacher", {"en_test": [(0, 10)] * 60}, {"en_test": "en"})
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        for systems in SYSTEMS.values():
+            for run in systems:
+                p = 0.3 if run == "ark_base_sft" else 0.1  # Ark-Base clearly worse than the rest in both seeds
+                errs = rng.binomial(10, p, size=60)
+                _fake_eval_run(
+                    seed_dir(tmp_path, run, seed), {"en_test": [(int(e), 10) for e in errs]}, {"en_test": "en"}
+                )
+    res = demo_results(tmp_path, teacher, {}, seeds=2)
+    base = next(r for r in res["seed_spread"] if r["system"] == "Ark-Base")
+    assert len(base["per_seed"]) == 2 and base["range"][0] <= base["mean"] <= base["range"][1]
+    opd = next(c for c in res["seed_conclusions"] if (c["a"], c["b"]) == ("Ark-Base + OPD", "Ark-Base"))
+    assert opd["holds_in_every_seed"] and opd["verdict_per_seed"] == ["Ark-Base + OPD better"] * 2
+    flat = next(
+        c for c in res["seed_conclusions"] if (c["a"], c["b"]) == ("Ark-Base + OPD", "Ark-Base + self-training")
+    )
+    assert not flat["holds_in_every_seed"] or len(set(flat["verdict_per_seed"])) == 1
+    assert len(res["seed_conclusions"]) == len(PAIRS) and "hold in every seed" in _comparisons_md(res)

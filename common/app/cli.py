@@ -219,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from common.app.demo import run_demo
 
-    run_demo(Path(args.out), corpus_dir=Path(args.corpus) if args.corpus else None)
+    run_demo(Path(args.out), corpus_dir=Path(args.corpus) if args.corpus else None, seeds=args.seeds)
     return 0
 
 
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="the main job on the embedded default corpus; prints the results table(s)")
     de.add_argument("--out", default="runs/demo", help="demo run directory")
+    de.add_argument(
+        "--seeds", type=int, default=1, help="run the student stages under this many seeds (mean, range, conclusions)"
+    )
     de.add_argument("--corpus", help="synthetic corpus directory (default: cache folder)")
     de.set_defaults(func=cmd_demo)
     return p

@@ -164,7 +164,7 @@ def _opd_diagnostics(run_dir: Path) -> dict:
     }
 
 
-def demo_results(out: Path, teacher_dir: Path, timings: dict) -> dict:
+def demo_results(out: Path, teacher_dir: Path, timings: dict, seeds: int = 1) -> dict:
     """The machine-readable result of the demo (``results.json``): every system's error rate per test set with its
     95 % bootstrap interval, the paired comparisons (a - b in points, paired 95 % interval), the OPD diagnostics of
     OPD from Ark-Base and from Ark-Base + TD (the paper's Table 2 comparison), timings and the environment."""
@@ -216,13 +216,69 @@ def demo_results(out: Path, teacher_dir: Path, timings: dict) -> dict:
         "python": platform.python_version(),
         "git_revision": git_revision(),
     }
-    return {
+    result = {
         "rows": rows,
         "comparisons": comparisons,
         "diagnostics": diagnostics,
         "timings": timings,
         "environment": environment,
+        "seeds": seeds,
     }
+    if seeds > 1:
+        result.update(seed_summary(out, teacher_dir, seeds))
+    return result
+
+
+def seed_summary(out: Path, teacher_dir: Path, seeds: int) -> dict:
+    """Per system and set: the error rate of every seed, their mean and range; per paired comparison: the verdict of
+    every seed and whether the conclusion (an interval excluding zero, the same way) holds in every seed."""
+    from common.app.table import compare_runs, run_row
+
+    def run_dir(method: str, system: str, seed: int) -> Path:
+        if system == "teacher":
+            return teacher_dir
+        run = next(r for r, name in SYSTEMS[method].items() if name == system)
+        return seed_dir(out, run, seed)
+
+    spread = []
+    for method, systems in SYSTEMS.items():
+        for system in systems.values():
+            per: dict[str, list[float]] = {}
+            for seed in range(seeds):
+                for set_name, c in run_row(run_dir(method, system, seed)).cells.items():
+                    per.setdefault(set_name, []).append(round(c.rate, 3))
+            for set_name, rates in per.items():
+                spread.append(
+                    {
+                        "method": method,
+                        "system": system,
+                        "set": set_name,
+                        "per_seed": rates,
+                        "mean": round(sum(rates) / len(rates), 3),
+                        "range": [min(rates), max(rates)],
+                    }
+                )
+    conclusions = []
+    for method, a, b in PAIRS:
+        by_set: dict[str, list] = {}
+        for seed in range(seeds):
+            for c in compare_runs(run_dir(method, a, seed), run_dir(method, b, seed), a, b):
+                by_set.setdefault(c.set, []).append(c)
+        for set_name, cs in by_set.items():
+            verdicts = [c.verdict for c in cs]
+            conclusions.append(
+                {
+                    "method": method,
+                    "a": a,
+                    "b": b,
+                    "set": set_name,
+                    "delta_per_seed": [round(c.delta, 3) for c in cs],
+                    "ci_per_seed": [[round(c.lo, 3), round(c.hi, 3)] for c in cs],
+                    "verdict_per_seed": verdicts,
+                    "holds_in_every_seed": len(set(verdicts)) == 1 and "no significant" not in verdicts[0],
+                }
+            )
+    return {"seed_spread": spread, "seed_conclusions": conclusions}
 
 
 def _comparisons_md(results: dict) -> str:
@@ -241,6 +297,25 @@ def _comparisons_md(results: dict) -> str:
         "| OPD from | VUSS mean [min, max] | overlap |S ∩ K| / k | teacher mass on S ∩ K | KL first -> last fifth |",
         "|---|---|---|---|---|",
     ]
+    if results.get("seed_conclusions"):
+        lines += [
+            f"\n## Over {results['seeds']} seeds: which conclusions hold in every seed\n",
+            "| method | a | b | set | a - b per seed | verdicts | holds in every seed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in results["seed_conclusions"]:
+            deltas = ", ".join(f"{d:+.2f}" for d in c["delta_per_seed"])
+            lines.append(
+                f"| {c['method']} | {c['a']} | {c['b']} | {c['set']} | {deltas} | {'; '.join(c['verdict_per_seed'])} | "
+                f"{'yes' if c['holds_in_every_seed'] else 'no'} |"
+            )
+        lines += [
+            "\n| method | system | set | mean over seeds | seed range |",
+            "|---|---|---|---|---|",
+        ]
+        for r in results["seed_spread"]:
+            lo, hi = r["range"]
+            lines.append(f"| {r['method']} | {r['system']} | {r['set']} | {r['mean']:.2f} | [{lo:.2f}, {hi:.2f}] |")
     for name, d in (
         ("Ark-Base", results["diagnostics"]["opd_from_base"]),
         ("Ark-Base + TD", results["diagnostics"]["opd_from_td"]),
@@ -292,23 +367,34 @@ class DemoTeacher:
         return [f"teacher.name_or_path={self.model}"]
 
 
-def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print) -> str:
-    """``make demo``: its stages in order (each a run directory, reused when finished), then the tables."""
+def seed_dir(out: Path, run: str, seed: int) -> Path:
+    """The run directory of a student stage under a seed: seed 0 is the plain name (what ``make demo`` runs)."""
+    return out / (run if seed == 0 else f"{run}_seed{seed}")
+
+
+def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print, seeds: int = 1) -> str:
+    """``make demo``: its stages in order (each a run directory, reused when finished), then the tables. ``seeds``:
+    the student stages (Ark-ASR and its controls, the ASKD students) are run under seeds 0 .. seeds-1 (training seed
+    and data order), the data, teacher and teacher cache once; results.json then holds each system's mean and seed
+    range and which paired conclusions hold in every seed."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     t_start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     st = _Stages(log)
     data = stage_data(out, st, Path(corpus_dir or default_corpus_dir()), log)
     teacher = stage_teacher(out, st, data)
-    ark = stage_ark(out, st, data, teacher)
-    stage_askd(out, st, data, teacher)
+    for seed in range(seeds):
+        ark = stage_ark(out, st, data, teacher, seed)
+        stage_askd(out, st, data, teacher, seed)
     lat_file = out / "latency.json"
     st.run(
         "ASKD-Whisper: teacher/student latency",
         lat_file.is_file(),
         lambda: atomic_write_json(lat_file, _latency(str(teacher.model), data.test)),
     )
-    md = write_tables(out, st, teacher, ark, json.loads(lat_file.read_text()))
+    md = write_tables(out, st, teacher, ark, json.loads(lat_file.read_text()), seeds)
     log("\n" + md)
     log(f"results written to {out / 'results.md'} (and results.tex); this run took {time.time() - t_start:.0f} s")
     return md
@@ -373,9 +459,12 @@ def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
     return t
 
 
-def stage_ark(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher) -> list[tuple[str, str, list[str]]]:
-    """Ark-ASR: SFT on the labelled part, TD and OPD (from Base and from +TD) on audio only, and OPD's two controls."""
-    base, td = out / "ark_base_sft", out / "ark_base_td"
+def stage_ark(
+    out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, seed: int = 0
+) -> list[tuple[str, str, list[str]]]:
+    """Ark-ASR: SFT on the labelled part, TD and OPD (from Base and from +TD) on audio only, and OPD's two controls
+    (one chain per seed: each stage starts from the same seed's predecessor)."""
+    base, td = seed_dir(out, "ark_base_sft", seed), seed_dir(out, "ark_base_td", seed)
     opd_data = f"data.train=[{data.parts['en_audio_opd']}]"
     ark = [
         ("ark_base_sft", "ark_sft.yaml", [f"data.train=[{data.parts['en_labelled']}]"]),
@@ -393,30 +482,33 @@ def stage_ark(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher) -> l
             [f"data.train=[{data.parts['en_labelled']}]", f"model.init_from={base}"],
         ),
     ]
+    seeded = [f"trainer.seed={seed}", f"data.seed={seed}"]
     for run, config, extra in ark:
+        rd = seed_dir(out, run, seed)
         st.run(
-            f"Ark-ASR: {run}",
-            is_complete(out / run),
-            lambda r=run, c=config, e=extra: _fit(c, e + [f"data.test=[{data.test}]", f"run_dir={out / r}"]),
+            f"Ark-ASR: {rd.name}",
+            is_complete(rd),
+            lambda c=config, e=extra, rd=rd: _fit(c, e + seeded + [f"data.test=[{data.test}]", f"run_dir={rd}"]),
         )
     return ark
 
 
-def stage_askd(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher) -> None:
+def stage_askd(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, seed: int = 0) -> None:
     """ASKD-Whisper: 2-layer students of the teacher on its transcripts of the TD part."""
     for name, label in ASKD_LABELS.items():
+        rd = seed_dir(out, f"askd_{name}", seed)
         st.run(
-            f"ASKD-Whisper: {label}",
-            is_complete(out / f"askd_{name}"),
-            lambda n=name: _fit(
+            f"ASKD-Whisper: {label}" + (f" (seed {seed})" if seed else ""),
+            is_complete(rd),
+            lambda n=name, rd=rd: _fit(
                 f"askd_{n}.yaml",
                 [f"data.train=[{data.parts['en_audio_td']}]", data.test_sets, f"teacher_cache={teacher.cache}"]
-                + [*teacher.overrides, f"run_dir={out / f'askd_{n}'}"],
+                + [*teacher.overrides, f"trainer.seed={seed}", f"data.seed={seed}", f"run_dir={rd}"],
             ),
         )
 
 
-def write_tables(out: Path, st: _Stages, teacher: DemoTeacher, ark: list, lat: dict[str, Any]) -> str:
+def write_tables(out: Path, st: _Stages, teacher: DemoTeacher, ark: list, lat: dict[str, Any], seeds: int = 1) -> str:
     """results.md / .tex / .json and timings.json from the finished stages; returns the markdown."""
     from common.app.table import build_table, run_row, to_latex, to_markdown
 
@@ -448,7 +540,7 @@ def write_tables(out: Path, st: _Stages, teacher: DemoTeacher, ark: list, lat: d
     # a rerun finds the corpus cached (~0 s): keep the first run's measured time for it
     timings.update({k: v for k, v in st.timings.items() if not (k.startswith("corpus") and k in timings and v < 1)})
     atomic_write_json(out / "timings.json", timings)
-    results = demo_results(out, teacher.run, timings)
+    results = demo_results(out, teacher.run, timings, seeds)
     md += _comparisons_md(results)
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", md)
