@@ -19,6 +19,7 @@ import torch
 from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
+from common.teachers.encoder_cache import EncoderStateCache
 from common.teachers.protocol import Teacher
 from common.teachers.token_map import TokenMap
 from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
@@ -63,8 +64,7 @@ class ArkModule(L.LightningModule):
             raise ValueError(
                 f"opd.teacher_encoder_cache_mb: the {type(teacher).__name__} teacher cannot reuse encoder states"
             )
-        self._enc_cache: dict[str, torch.Tensor] = {}  # utterance id -> teacher encoder states (opd)
-        self._enc_cache_bytes = 0
+        self._enc_cache = EncoderStateCache(cfg.opd.teacher_encoder_cache_mb)  # teacher encoder states by id (opd)
 
     # -- stages ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
@@ -167,24 +167,15 @@ class ArkModule(L.LightningModule):
 
     @torch.no_grad()
     def teacher_encoder_states(self, batch: dict[str, Any], langs: list[str]) -> tuple[torch.Tensor, int]:
-        """The teacher's encoder states of the batch, (B, frames, d): utterances seen in an earlier step come from the
-        in-memory cache (``opd.teacher_encoder_cache_mb``), the others are encoded now and kept while the cache has
-        room. Returns the states and the number of cache hits."""
-        ids = batch["ids"]
-        missing = [i for i, u in enumerate(ids) if u not in self._enc_cache]
-        fresh = {}
-        if missing:
-            prep = self.teacher.prepare([batch["audios"][i] for i in missing], [langs[i] for i in missing])
-            enc = self.teacher.encode(prep)
-            limit = self.cfg.opd.teacher_encoder_cache_mb * 2**20
-            for j, i in enumerate(missing):
-                fresh[ids[i]] = enc[j]
-                nbytes = enc[j].numel() * enc[j].element_size()
-                if self._enc_cache_bytes + nbytes <= limit:
-                    self._enc_cache[ids[i]] = enc[j].clone()
-                    self._enc_cache_bytes += nbytes
-        states = torch.stack([fresh[u] if u in fresh else self._enc_cache[u] for u in ids])
-        return states, len(ids) - len(missing)
+        """The teacher's encoder states of the batch, (B, frames, d), through the shared
+        :class:`~common.teachers.encoder_cache.EncoderStateCache` (``opd.teacher_encoder_cache_mb``): utterances seen
+        in an earlier step come from memory. Returns the states and the number of cache hits."""
+        audios = batch["audios"]
+
+        def compute(rows: list[int]) -> torch.Tensor:
+            return self.teacher.encode(self.teacher.prepare([audios[i] for i in rows], [langs[i] for i in rows]))
+
+        return self._enc_cache.states(batch["ids"], compute)
 
     def teacher_targets(self, texts: list[str], stopped: list[bool], batch: dict[str, Any]):
         """Teacher target ids of each text, with the teacher's stop token only where the student stopped (a rollout cut

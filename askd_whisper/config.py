@@ -117,6 +117,10 @@ class AskdConfig:
     """Phase B."""
     teacher_source: Literal["online", "cache", "none"] = "online"
     """Teacher distributions: computed online, read from a teacher cache (top-k), or none (CE only)."""
+    encoder_cache_mb: float = 0.0
+    """Keep the shared frozen encoder's states of each training utterance in memory (by id, up to this many MB) and
+    reuse them in later epochs: exact (the encoder is frozen and sees only the audio), and a Whisper encoder's 30 s
+    pass is most of a step on a small corpus. Needs student.freeze_encoder. 0: off."""
     teacher_cache: Optional[str] = None
     """Teacher cache directory (teacher_source=cache, or labels=pseudo)."""
     labels: Literal["reference", "pseudo"] = "reference"
@@ -135,6 +139,10 @@ class AskdConfig:
             raise ValueError("teacher.kind: ASKD-Whisper distils a Whisper teacher")
         if self.teacher_source == "cache" and self.labels == "pseudo":
             raise ValueError("teacher_source=cache scores the references; with labels=pseudo use teacher_source=online")
+        if self.encoder_cache_mb < 0 or (self.encoder_cache_mb and not self.student.freeze_encoder):
+            raise ValueError(
+                "encoder_cache_mb: >= 0, and only with student.freeze_encoder (a training encoder changes)"
+            )
         if self.data.train_audio_only and self.labels != "pseudo":
             raise ValueError("data.train_audio_only: audio-only training needs labels=pseudo (teacher transcripts)")
         if self.data.train_audio_only and self.pseudo_label_max_wer is not None:

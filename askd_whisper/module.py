@@ -21,6 +21,7 @@ from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
 from common.teachers.cache import TeacherCache
+from common.teachers.encoder_cache import EncoderStateCache
 from common.teachers.protocol import Teacher
 from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
 
@@ -57,6 +58,8 @@ class AskdModule(L.LightningModule):
         self.dev_names = list(dev_names)
         self.val_log = ValidationLog(self.dev_names)
         self.train_skips = TrainSkips()
+        self.encoder_cache = EncoderStateCache(cfg.encoder_cache_mb)  # the shared frozen encoder's states by id
+        self._cache_hits = 0
         self._pending_self_teacher: Optional[dict] = None
 
     # -- schedules ------------------------------------------------------------------------------
@@ -83,10 +86,19 @@ class AskdModule(L.LightningModule):
         """The student's encoder is the teacher's, frozen: one encoder pass feeds student, teacher and self-teacher."""
         return self.cfg.student.freeze_encoder and self.teacher is not None
 
-    def _encode(self, feats: torch.Tensor) -> torch.Tensor:
+    def _encode(self, feats: torch.Tensor, ids: Optional[list[str]] = None) -> torch.Tensor:
+        """Encoder states of the batch; with the shared frozen encoder and ``encoder_cache_mb``, training utterances
+        (``ids``) seen in an earlier epoch come from the cache (exact)."""
         if self.shared_encoder:
             with torch.no_grad():
-                return self.teacher.encode({"input_features": feats}).to(feats.device, feats.dtype)
+                if ids is not None and self.cfg.encoder_cache_mb:
+                    enc, hits = self.encoder_cache.states(
+                        ids, lambda rows: self.teacher.encode({"input_features": feats[rows]})
+                    )
+                    self._cache_hits = hits
+                else:
+                    enc = self.teacher.encode({"input_features": feats})
+                return enc.to(feats.device, feats.dtype)
         return self.student.model.encoder(feats).last_hidden_state
 
     @torch.no_grad()
@@ -121,10 +133,12 @@ class AskdModule(L.LightningModule):
         phase, lam, beta, ce_w = self.weights(self.global_step)
         labels = batch["labels"]
         mask = labels != -100
-        enc = self._encode(batch["input_features"])
+        enc = self._encode(batch["input_features"], batch["ids"])
         s_logits = self._decoder_logits(self.student, enc, batch)  # (B, T, V)
         ce = cross_entropy(s_logits, labels)
         logs = {"ce": ce, "lambda": lam, "beta": beta, "phase": float(phase == "B")}
+        if self.cfg.encoder_cache_mb:
+            logs["encoder_cache_hits"] = float(self._cache_hits)
         if phase == "A":
             kd = torch.zeros((), device=ce.device)
             if lam > 0 and self.cfg.teacher_source == "online":

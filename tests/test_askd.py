@@ -505,3 +505,43 @@ def test_distil_whisper_filter_as_published(tmp_path):
     cache._items = {u.id: u for u in (mk("a", "fine", 0), mk("b", "ten percent", 1), mk("c", "LOUD TEXT", 0))}
     assert cache.pseudo_labels(0.1) == {"a": "fine"}
     assert cache.pseudo_labels(None) == {"a": "fine", "b": "ten percent", "c": "LOUD TEXT"}
+
+
+def test_encoder_state_cache_is_exact_and_hit_in_later_epochs(tiny_corpus, tmp_path, teacher):
+    """encoder_cache_mb (shared with OPD's teacher-encoder cache: common.teachers.encoder_cache): the frozen encoder's
+    states come from memory from the second epoch on, and every step's loss equals the uncached run's."""
+    import lightning as L
+
+    from askd_whisper.run import fit
+
+    rows = (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()[:8]
+    small = tmp_path / "small" / "manifest.jsonl"
+    small.parent.mkdir()
+    small.write_text(
+        "".join(
+            json.dumps(
+                {**json.loads(r), "audio_filepath": str(tiny_corpus / "en_train" / json.loads(r)["audio_filepath"])}
+            )
+            + "\n"
+            for r in rows
+        )
+    )
+
+    class Log(L.Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+    runs = {}
+    for mb in (0.0, 500.0):
+        log = Log()
+        cfg = askd_cfg(tiny_corpus, tmp_path / f"mb{mb}", trainer={"max_steps": 6}, data={"train": [str(small)]})
+        cfg.encoder_cache_mb = mb
+        fit(cfg, teacher=teacher, callbacks=[log])
+        runs[mb] = log.rows
+    plain, cached = runs[0.0], runs[500.0]
+    assert [r["train/loss"] for r in cached] == pytest.approx([r["train/loss"] for r in plain], rel=1e-5)
+    hits = [r["train/encoder_cache_hits"] for r in cached]
+    assert hits[0] == 0 and sum(hits) > 0, hits
