@@ -11,11 +11,14 @@ directory under ``--out`` and is reused when finished, so a second run only rebu
  2. teacher: the bundled real Whisper tiny.en fine-tuned on its own part with its transcripts (as Qwen3-ASR saw far
     more transcribed audio than Ark, and none of the students' data), scored in-domain and on the real clips, exported
     as a Hugging Face directory;
- 3. teacher cache: its transcripts on the TD part (TD labels, ASKD pseudo-labels);
+ 3. teacher cache: its transcripts on the TD part (TD's labels);
  4. Ark-ASR: Ark-Base (SFT on the labelled part), + TD, + OPD, + TD + OPD, with the adapted teacher, and the two
     controls of OPD (same steps, lr and batch, no teacher): self-training on Ark-Base's own transcripts of the OPD
     audio, and more SFT on the labelled part;
- 5. ASKD-Whisper: 2-decoder-layer students of the teacher - CE only, Distil-Whisper-style, ASKD; latency;
+ 5. ASKD-Whisper: 3-of-4-decoder-layer students of the teacher, CE on the labelled part's references for ~2.4 epochs
+    (the encoder's states cached) - CE only, Distil-Whisper-style loss, ASKD; latency. The criterion, written before
+    the run (docs/RESULTS.md): ASKD - CE only < 0 on real_en (out of domain) and ASKD <= Distil-Whisper-style on
+    en_test, each with a paired interval excluding zero;
  6. ``results.json`` (rows with 95 % bootstrap intervals, paired comparisons, OPD diagnostics, timings), rendered to
     ``results.md`` and ``results.tex``.
 
@@ -60,8 +63,11 @@ def _fit(config: str, overrides: list[str]) -> dict:
     return fit_experiment(CONFIGS / config, overrides, resume=True)
 
 
+ASKD_LAYERS = 3  # the demo's ASKD students: 3 of the teacher's 4 decoder layers (configs/demo/askd_*.yaml)
+
+
 def _latency(teacher_path: str, test_manifest: str) -> dict:
-    """The teacher (4 decoder layers) vs its 2-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
+    """The teacher (4 decoder layers) vs its 3-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
     import torch
 
     from common import registry
@@ -71,7 +77,7 @@ def _latency(teacher_path: str, test_manifest: str) -> dict:
     from common.whisper import load_whisper
 
     teacher, proc = load_whisper(teacher_path)
-    student = registry.get("askd_whisper").build_student(teacher, 2).eval()
+    student = registry.get("askd_whisper").build_student(teacher, ASKD_LAYERS).eval()
     cut = next(iter(load_manifest(test_manifest)[0]))
     feats = proc.feature_extractor(cut_audio(cut), sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
@@ -98,7 +104,7 @@ def _export_teacher(run_dir: Path, out: Path) -> None:
 # the train pool's parts: (name, rows of en_train, audio only)
 SPLITS = [
     ("en_labelled", slice(0, 400), False),  # Ark-Base SFT
-    ("en_audio_td", slice(400, 650), True),  # teacher transcripts: TD, ASKD pseudo-labels
+    ("en_audio_td", slice(400, 650), True),  # teacher transcripts: TD
     ("en_audio_opd", slice(650, 900), True),  # OPD rollouts, and the self-training control
     ("en_teacher", slice(900, 1300), False),  # the teacher's adaptation alone: it never sees the students' data
 ]
@@ -494,7 +500,7 @@ def stage_ark(
 
 
 def stage_askd(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, seed: int = 0) -> None:
-    """ASKD-Whisper: 2-layer students of the teacher on its transcripts of the TD part."""
+    """ASKD-Whisper: 3-layer students of the teacher with CE on the labelled part's references (several epochs)."""
     for name, label in ASKD_LABELS.items():
         rd = seed_dir(out, f"askd_{name}", seed)
         st.run(
@@ -502,8 +508,8 @@ def stage_askd(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, see
             is_complete(rd),
             lambda n=name, rd=rd: _fit(
                 f"askd_{n}.yaml",
-                [f"data.train=[{data.parts['en_audio_td']}]", data.test_sets, f"teacher_cache={teacher.cache}"]
-                + [*teacher.overrides, f"trainer.seed={seed}", f"data.seed={seed}", f"run_dir={rd}"],
+                [f"data.train=[{data.parts['en_labelled']}]", data.test_sets, *teacher.overrides]
+                + [f"trainer.seed={seed}", f"data.seed={seed}", f"run_dir={rd}"],
             ),
         )
 
@@ -516,7 +522,7 @@ def write_tables(out: Path, st: _Stages, teacher: DemoTeacher, ark: list, lat: d
     rows_a[0].extra = {"decoder layers": "4", "speed-up vs teacher": "1.00x"}
     for name, label in ASKD_LABELS.items():
         r = run_row(out / f"askd_{name}", label)
-        r.extra = {"decoder layers": "2", "speed-up vs teacher": f"{lat['ratio']:.2f}x"}  # teacher / student latency
+        r.extra = {"decoder layers": str(ASKD_LAYERS), "speed-up vs teacher": f"{lat['ratio']:.2f}x"}
         rows_a.append(r)
     rows_b = [run_row(out / run, ARK_LABELS[run]) for run, _, _ in ark] + [run_row(teacher.run, TEACHER_LABEL)]
     for r, (run, _, _) in zip(rows_b, ark):
@@ -526,7 +532,7 @@ def write_tables(out: Path, st: _Stages, teacher: DemoTeacher, ark: list, lat: d
     ta, tb = build_table(rows_a), build_table(rows_b)
     md = (
         "# asr-distill demo (CPU, synthetic English speech, Whisper tiny.en adapted to it as the teacher)\n\n"
-        "## ASKD-Whisper: adapted tiny.en -> 2 decoder layers\n\n"
+        f"## ASKD-Whisper: adapted tiny.en -> {ASKD_LAYERS} decoder layers (CE on the labelled part's references)\n\n"
         + to_markdown(ta)
         + f"\nLatency: batch 1, greedy, 32 tokens, {lat['audio_seconds']:.1f} s clip, CPU, {lat['threads']} threads: "
         + "teacher "
