@@ -15,7 +15,7 @@ UV_VERSION  := 0.13.9
 LOCK_ARGS   := setup.cfg --extra dev --universal --python-version 3.10 --no-emit-index-url --no-emit-find-links \
                --custom-compile-command 'make lock' -o $(LOCK)
 
-.PHONY: install lock lock-upgrade demo demo-seeds test test-unit test-all test-slow lint format bench clean
+.PHONY: install lock lock-upgrade demo demo-seeds gpu-check test test-unit test-all test-slow lint format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/run_all.py
+
+# The first thing to run on a GPU machine (docs/scaling.md): pytest -m gpu + paper-dimension bf16 figures, nothing
+# downloaded; writes gpu_check.json and prints a docs/RESULTS.md block. On a CPU machine: one line, exit 2.
+gpu-check: $(STAMP)
+	PYTHONPATH=. timeout 480 $(PY) bench/gpu_check.py --out gpu_check.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs *.egg-info

@@ -20,7 +20,7 @@ GPU = {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed", "activatio
 
 def _reload_on_cpu(module_cls_build, ckpt: Path) -> None:
     module, _, _ = module_cls_build()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
     assert not unexpected and not [k for k in missing if k.startswith("student.")]
 
