@@ -263,7 +263,7 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
     )
     module, dm, _ = build(cfg, teacher)
     batch = next(iter(dm.train_dataloader()))
-    ids, lps, log_z = module._cached_topk(batch, batch["labels"])
+    ids, lps, log_z = module.cache.topk_at_labels(batch["ids"], batch["labels"])
     labelled = batch["labels"] != -100
     assert (ids[labelled] >= 0).all() and (ids[~labelled] == -1).all()  # every label position has the cached top-k
     assert torch.isfinite(log_z[labelled]).all()
@@ -335,7 +335,7 @@ def test_cached_kd_approximates_online_kd(tiny_corpus, teacher, kd_cache):
     cos = {}
     for k, path in kd_cache.items():
         module.cache = TeacherCache(path)
-        ids, lps, log_z = module._cached_topk(batch, labels)
+        ids, lps, log_z = module.cache.topk_at_labels(batch["ids"], labels)
         cached, g = loss_and_grad(
             lambda x, i=ids, v=lps, z=log_z: sparse_kd_kl(x, i, v, mask, tau=2.0, teacher_log_z=z)
         )
@@ -394,7 +394,7 @@ def test_cache_integrity_is_checked_before_training(tiny_corpus, tmp_path, teach
     u = module.cache[batch["ids"][0]]
     u.target_ids = u.target_ids.flip(0)
     with pytest.raises(CacheMismatchError, match="target ids differ"):
-        module._cached_topk(batch, batch["labels"])
+        module.cache.topk_at_labels(batch["ids"], batch["labels"])
 
 
 def test_cache_config_takes_several_manifests(tiny_corpus, tmp_path, teacher):
