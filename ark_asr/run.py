@@ -82,6 +82,15 @@ def fit(
 ) -> dict[str, Any]:
     if cfg.model.init_from:  # before the run directory exists: a fixed rerun needs no --overwrite
         check_model_dir(cfg.model.init_from)
+    else:  # the encoder and LM checkpoints, as --model is checked (bundled:, preset: and hub ids pass)
+        from common.evaluate import check_model_reference
+
+        for key, ref in (("model.encoder", cfg.model.encoder), ("model.llm", cfg.model.llm)):
+            if ref != "config" and not ref.startswith("preset:"):
+                try:
+                    check_model_reference(ref)
+                except ValueError as err:
+                    raise ValueError(f"{key}: {err}") from None
     if cfg.stage == "opd" and teacher is None:
         from common.teachers import check_teacher
 

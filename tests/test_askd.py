@@ -220,13 +220,21 @@ def test_kd_variants_run(tiny_corpus, tmp_path, teacher):
 
 
 def test_export_loads_in_transformers_pipeline(tiny_corpus, tmp_path, teacher, real_speech):
+    import os
+    import stat
+
     import transformers
 
     from askd_whisper.run import export, fit
     from common.audio import load_audio
 
     fit(askd_cfg(tiny_corpus, tmp_path / "run", trainer={"max_steps": 2}), teacher=teacher)
-    out = export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+    old = os.umask(0o022)
+    try:
+        out = export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+    finally:
+        os.umask(old)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in out.iterdir())  # weights too (safetensors wrote 0600)
     asr = transformers.pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     clip = load_audio(real_speech / "librivox_pocketsphinx" / "sense_and_sensibility_01_austen_64kb-0890.wav")
     text = asr({"raw": clip, "sampling_rate": 16000}, generate_kwargs={"max_new_tokens": 30})["text"]

@@ -539,6 +539,7 @@ def test_startup_mistakes_are_one_line_and_leave_no_run_directory(tiny_corpus, t
             "teacher.name_or_path: model directory /no/such/teacher",
         ),
         (["optim.lr=.nan"], "'optim.lr': nan is not a finite number"),
+        (["model.encoder=/no/such/whisper"], "model.encoder: model directory /no/such/whisper not found"),
     ]
     if not torch.cuda.is_available():
         for overrides, expected in cases:
