@@ -119,7 +119,7 @@ def test_sft_td_opd_fit_and_reload(tiny_corpus, tmp_path, teacher):
     assert td["teacher_labels"]["kept"] > 0
     opd = fit(ark_cfg(tiny_corpus, tmp_path / "opd", "opd", model={"init_from": str(tmp_path / "td")}), teacher=teacher)
     assert opd["steps"] == 3 and opd["token_map_teacher_coverage"] > 0.99
-    ck = torch.load(tmp_path / "opd" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(tmp_path / "opd" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("teacher") for k in ck["state_dict"])
     # the saved student reloads and evaluates through `asr-distill evaluate`
     import json

@@ -99,7 +99,7 @@ def test_large_v3_two_layer_student_on_meta_has_756m_params():
 
 
 def _weights(run_dir):
-    ck = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ck["state_dict"], ck["askd"]["self_teacher"]
 
 
@@ -280,7 +280,7 @@ def test_cached_teacher_kd_and_pseudo_labels(tiny_corpus, tmp_path, teacher):
     params = [p for p in module.student.parameters() if p.requires_grad]
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
     assert fit(cfg, teacher=teacher)["steps"] == 2
-    ck = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     bad = [k for k, v in ck["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     assert not bad, f"{len(bad)} weight tensors not finite after 2 cached-KD steps, e.g. {bad[:3]}"
     pseudo = askd_cfg(
@@ -521,18 +521,10 @@ def test_encoder_state_cache_is_exact_and_hit_in_later_epochs(tiny_corpus, tmp_p
     import lightning as L
 
     from askd_whisper.run import fit
+    from common.data.manifests import write_jsonl_subset
 
-    rows = (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()[:8]
-    small = tmp_path / "small" / "manifest.jsonl"
-    small.parent.mkdir()
-    small.write_text(
-        "".join(
-            json.dumps(
-                {**json.loads(r), "audio_filepath": str(tiny_corpus / "en_train" / json.loads(r)["audio_filepath"])}
-            )
-            + "\n"
-            for r in rows
-        )
+    small = write_jsonl_subset(
+        tiny_corpus / "en_train" / "manifest.jsonl", tmp_path / "small" / "manifest.jsonl", rows=slice(0, 8)
     )
 
     class Log(L.Callback):

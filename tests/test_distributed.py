@@ -68,7 +68,7 @@ def _check_synced_validation(run_dir: Path, dev: str, exact_rate: bool) -> dict:
     if exact_rate:
         assert [logged[k] for k in ("sub", "del", "ins")] == [one[k] for k in ("sub", "del", "ins")]
         assert logged["error_rate"] == pytest.approx(one["error_rate"], abs=1e-6)
-    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck["global_step"] == 3 and not any(k.startswith("teacher") for k in ck["state_dict"])
     return ck
 
@@ -127,7 +127,7 @@ def test_ddp_two_process_ark_fit(tiny_corpus, tmp_path):
 
 
 def _state(run_dir: Path) -> dict:
-    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return {**ck["state_dict"], **{f"self_teacher.{k}": v for k, v in (ck["askd"]["self_teacher"] or {}).items()}}
 
 
@@ -146,7 +146,7 @@ def test_signals_checkpoint_and_resume_to_the_same_weights(tiny_corpus, tmp_path
             fit(cfg, teacher=teacher, callbacks=[SignalAt(2, signum)])
         if exc is Preempted:
             assert info.value.code == 128 + signal.SIGUSR1
-        ck = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        ck = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         assert 2 <= ck["global_step"] <= 3 and not (tmp_path / name / "summary.json").exists()
         assert fit(cfg, resume=True, teacher=teacher)["steps"] == 6
         resumed = _state(tmp_path / name)
@@ -229,8 +229,8 @@ def test_activation_checkpointing_and_accumulation(tiny_corpus, tmp_path):
         )
     )
     assert plain["steps"] == ac["steps"] == 2
-    a = torch.load(tmp_path / "plain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    b = torch.load(tmp_path / "ac" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    a = torch.load(tmp_path / "plain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "ac" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert a["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4  # 2 steps x 2 batches
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-6, rtol=1e-5, msg=k)

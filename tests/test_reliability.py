@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def test_ctrl_c_during_fit_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path):
@@ -578,17 +578,10 @@ def test_a_read_only_run_dir_is_one_line(tiny_corpus, tmp_path):
 
 
 def test_fewer_cuts_than_buckets_are_clamped(tiny_corpus, tmp_path):
-    rows = (tiny_corpus / "en_train" / "manifest.jsonl").read_text().splitlines()[:3]
-    small = tmp_path / "small" / "manifest.jsonl"
-    small.parent.mkdir()
-    small.write_text(
-        "".join(
-            json.dumps(
-                {**json.loads(r), "audio_filepath": str(tiny_corpus / "en_train" / json.loads(r)["audio_filepath"])}
-            )
-            + "\n"
-            for r in rows
-        )
+    from common.data.manifests import write_jsonl_subset
+
+    small = write_jsonl_subset(
+        tiny_corpus / "en_train" / "manifest.jsonl", tmp_path / "small" / "manifest.jsonl", rows=slice(0, 3)
     )
     from ark_asr.run import fit
 
