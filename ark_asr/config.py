@@ -153,6 +153,11 @@ class ArkConfig:
     """Validation / test decoding (greedy)."""
 
     def __post_init__(self) -> None:
+        if self.decoding.encoder_cache_mb:
+            raise ValueError(
+                "decoding.encoder_cache_mb: an Ark student's encoder states depend on the batch's padding (no encoder "
+                "mask), so they are not reused per clip; set it for Whisper models only"
+            )
         if self.stage == "td" and self.td_source == "teacher_cache" and not self.teacher_cache:
             raise ValueError("teacher_cache: stage td trains on teacher transcripts from a teacher cache")
         if self.td_source == "self" and not self.model.init_from:

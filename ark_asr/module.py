@@ -19,7 +19,7 @@ import torch
 from ark_asr.config import ArkConfig
 from ark_asr.model import ArkStudent
 from common.losses import build_candidates, cross_entropy, union_topk_kl
-from common.teachers.encoder_cache import EncoderStateCache
+from common.teachers.encoder_cache import EncoderStateCache, content_keys, shared_cache
 from common.teachers.protocol import Teacher
 from common.teachers.token_map import TokenMap
 from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
@@ -64,7 +64,6 @@ class ArkModule(L.LightningModule):
             raise ValueError(
                 f"opd.teacher_encoder_cache_mb: the {type(teacher).__name__} teacher cannot reuse encoder states"
             )
-        self._enc_cache = EncoderStateCache(cfg.opd.teacher_encoder_cache_mb)  # teacher encoder states by id (opd)
 
     # -- stages ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
@@ -165,17 +164,27 @@ class ArkModule(L.LightningModule):
         stopped = [e or st for e, st in zip(empty, roll["stopped"])]
         return roll, texts, empty, stopped
 
+    @property
+    def _enc_cache(self) -> EncoderStateCache:
+        """The process's store of the teacher encoder's states (``opd.teacher_encoder_cache_mb``; shared with every
+        model of this process that has the same encoder weights)."""
+        return shared_cache(self.teacher.model.get_encoder(), self.cfg.opd.teacher_encoder_cache_mb)
+
     @torch.no_grad()
     def teacher_encoder_states(self, batch: dict[str, Any], langs: list[str]) -> tuple[torch.Tensor, int]:
         """The teacher's encoder states of the batch, (B, frames, d), through the shared
-        :class:`~common.teachers.encoder_cache.EncoderStateCache` (``opd.teacher_encoder_cache_mb``): utterances seen
-        in an earlier step come from memory. Returns the states and the number of cache hits."""
-        audios = batch["audios"]
+        :class:`~common.teachers.encoder_cache.EncoderStateCache` (``opd.teacher_encoder_cache_mb``): inputs encoded in
+        an earlier step (or by another model of this process with the same encoder) come from memory. Returns the
+        states and the number of cache hits."""
+        prepared = self.teacher.prepare(batch["audios"], langs)  # features: cheap beside the encoder pass
+        feats = prepared["input_features"]
 
         def compute(rows: list[int]) -> torch.Tensor:
-            return self.teacher.encode(self.teacher.prepare([audios[i] for i in rows], [langs[i] for i in rows]))
+            return self.teacher.encode(
+                {**prepared, "input_features": feats[rows], "languages": [langs[i] for i in rows]}
+            )
 
-        return self._enc_cache.states(batch["ids"], compute)
+        return self._enc_cache.states(content_keys(feats), compute)
 
     def teacher_targets(self, texts: list[str], stopped: list[bool], batch: dict[str, Any]):
         """Teacher target ids of each text, with the teacher's stop token only where the student stopped (a rollout cut

@@ -21,7 +21,7 @@ from askd_whisper.student import build_student
 from common.evaluate import WhisperTranscriber
 from common.losses import cross_entropy, kd_kl, sparse_kd_kl
 from common.teachers.cache import TeacherCache
-from common.teachers.encoder_cache import EncoderStateCache
+from common.teachers.encoder_cache import EncoderStateCache, content_keys, shared_cache
 from common.teachers.protocol import Teacher
 from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
 
@@ -58,7 +58,6 @@ class AskdModule(L.LightningModule):
         self.dev_names = list(dev_names)
         self.val_log = ValidationLog(self.dev_names)
         self.train_skips = TrainSkips()
-        self.encoder_cache = EncoderStateCache(cfg.encoder_cache_mb)  # the shared frozen encoder's states by id
         self._cache_hits = 0
         self._pending_self_teacher: Optional[dict] = None
 
@@ -86,14 +85,20 @@ class AskdModule(L.LightningModule):
         """The student's encoder is the teacher's, frozen: one encoder pass feeds student, teacher and self-teacher."""
         return self.cfg.student.freeze_encoder and self.teacher is not None
 
+    @property
+    def encoder_cache(self) -> EncoderStateCache:
+        """The process's store of the frozen encoder's states (shared with every model of this process that has the
+        same encoder weights: the teacher's evaluation, the other students, OPD's teacher)."""
+        return shared_cache(self.teacher.model.get_encoder(), self.cfg.encoder_cache_mb)
+
     def _encode(self, feats: torch.Tensor, ids: Optional[list[str]] = None) -> torch.Tensor:
         """Encoder states of the batch; with the shared frozen encoder and ``encoder_cache_mb``, training utterances
-        (``ids``) seen in an earlier epoch come from the cache (exact)."""
+        (``ids``) whose input another step, epoch or model of this process has encoded come from the cache."""
         if self.shared_encoder:
             with torch.no_grad():
                 if ids is not None and self.cfg.encoder_cache_mb:
                     enc, hits = self.encoder_cache.states(
-                        ids, lambda rows: self.teacher.encode({"input_features": feats[rows]})
+                        content_keys(feats), lambda rows: self.teacher.encode({"input_features": feats[rows]})
                     )
                     self._cache_hits = hits
                 else:

@@ -43,10 +43,16 @@ class DecodeConfig:
     """Seconds of audio per decoding batch."""
     max_batch: Optional[int] = 32
     """Upper bound on utterances per batch."""
+    encoder_cache_mb: float = 0.0
+    """Whisper models: keep the encoder states of decoded clips (up to this many MB) in the process's store for this
+    encoder (``common.teachers.encoder_cache.shared_cache``), so that another model of the same process with the same
+    frozen encoder (the demo's teacher and its students) decodes the same audio without an encoder pass. 0: off."""
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
+        if self.encoder_cache_mb < 0:
+            raise ValueError(f"decoding.encoder_cache_mb must be >= 0, got {self.encoder_cache_mb}")
 
 
 @dataclass
@@ -109,7 +115,18 @@ class WhisperTranscriber:
         )
         if self.multilingual:
             kwargs.update(language=batch["languages"], task="transcribe")
-        out = self.model.generate(feats, **kwargs)
+        if decoding.encoder_cache_mb:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            from common.teachers.encoder_cache import content_keys, shared_cache
+
+            encoder = self.model.get_encoder()
+            enc, _ = shared_cache(encoder, decoding.encoder_cache_mb).states(
+                content_keys(feats), lambda rows: encoder(feats[rows]).last_hidden_state
+            )
+            out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), **kwargs)
+        else:
+            out = self.model.generate(feats, **kwargs)
         seqs = out.sequences if hasattr(out, "sequences") else out
         return [t.strip() for t in self.processor.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
 

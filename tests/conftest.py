@@ -17,6 +17,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_encoder_stores():
+    """Each test starts with no shared encoder states (common.teachers.encoder_cache.shared_cache is process-wide)."""
+    from common.teachers.encoder_cache import clear_shared
+
+    clear_shared()
+    yield
+    clear_shared()
+
+
 @pytest.fixture(scope="session")
 def real_speech() -> Path:
     if not (REAL_SPEECH / "manifest.jsonl").is_file():

@@ -1,13 +1,22 @@
 """Frozen encoders' states kept per utterance across epochs: one mechanism for both methods.
 
 A frozen encoder's output depends on the audio alone, so the states of a training utterance computed in one epoch are
-exactly those of the next: Ark-ASR's OPD keeps its Whisper teacher's (``opd.teacher_encoder_cache_mb``), ASKD-Whisper
-the shared frozen encoder's (``encoder_cache_mb``). A Whisper encoder pads every clip to 30 s, so on a small corpus
-its pass is most of a training step (``bench/kd_step.py``, ``bench/opd_step.py`` measure the saving).
+those of the next: Ark-ASR's OPD keeps its Whisper teacher's (``opd.teacher_encoder_cache_mb``), ASKD-Whisper the
+shared frozen encoder's (``encoder_cache_mb``), evaluation a Whisper model's (``decoding.encoder_cache_mb``). A Whisper
+encoder pads every clip to 30 s, so on a small corpus its pass is most of a training step and of a decoding batch
+(``bench/kd_step.py``, ``bench/opd_step.py`` and ``bench/encoder_cache.py`` measure the saving).
+
+:func:`shared_cache` is the one store per encoder in a process: it is found by a fingerprint of the encoder's weights,
+and its keys are the bytes of the input features (:func:`content_keys`), so every model of the process with the same
+frozen encoder - a teacher, its students, each stage of ``make demo``, each seed - reads what another has computed, and
+an encoder whose weights differ (a trained one, another checkpoint) can never read them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -41,3 +50,54 @@ class EncoderStateCache:
                     self._store[ids[i]] = enc[j].clone()
                     self.bytes += n
         return torch.stack([fresh[u] if u in fresh else self._store[u] for u in ids]), len(ids) - len(missing)
+
+
+MAX_SHARED_ENCODERS = 4
+"""At most this many encoders' stores are kept by :func:`shared_cache` (the least recently used is dropped)."""
+
+_SHARED: OrderedDict[str, EncoderStateCache] = OrderedDict()
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def content_keys(feats: torch.Tensor) -> list[str]:
+    """One key per row of ``feats`` (B, ...): a hash of its dtype, shape and bytes. Equal keys: equal encoder inputs."""
+    rows = feats.detach().cpu().contiguous()
+    head = f"{rows.dtype}{tuple(rows.shape[1:])}".encode()
+    return [hashlib.blake2b(head + r.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest() for r in rows]
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of ``module``'s parameters and buffers (names, dtypes, shapes, bytes) and device. Memoised per module
+    until a tensor of it changes in place (an optimiser step, ``load_state_dict``: torch's version counters)."""
+    tensors = list(module.state_dict(keep_vars=True).items())
+    versions = tuple(t._version for _, t in tensors)
+    memo = _FINGERPRINTS.get(module)
+    if memo is not None and memo[0] == versions:
+        return memo[1]
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in tensors:
+        t = t.detach()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:{t.device}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    _FINGERPRINTS[module] = (versions, digest)
+    return digest
+
+
+def shared_cache(encoder: torch.nn.Module, limit_mb: float) -> EncoderStateCache:
+    """The process's store of ``encoder``'s states (found by :func:`weights_fingerprint`; keys: :func:`content_keys`).
+    Its budget is the largest ``limit_mb`` asked for it; at most :data:`MAX_SHARED_ENCODERS` stores are kept."""
+    key = weights_fingerprint(encoder)
+    cache = _SHARED.pop(key, None)
+    if cache is None:  # (an empty store is falsy: it has a length)
+        cache = EncoderStateCache(limit_mb)
+    cache.limit = max(cache.limit, limit_mb * 2**20)
+    _SHARED[key] = cache
+    while len(_SHARED) > MAX_SHARED_ENCODERS:
+        _SHARED.popitem(last=False)
+    return cache
+
+
+def clear_shared() -> None:
+    """Drop every shared store (tests; a long-lived process that is done with its encoders)."""
+    _SHARED.clear()

@@ -1,0 +1,86 @@
+"""The process's shared store of frozen-encoder states (common.teachers.encoder_cache): found by the encoder's weights,
+keyed by the input's bytes, reused across models that share the encoder (the demo's teacher and its students)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from common.teachers.encoder_cache import (
+    _SHARED,
+    MAX_SHARED_ENCODERS,
+    content_keys,
+    shared_cache,
+    weights_fingerprint,
+)
+
+
+@pytest.mark.unit
+def test_content_keys_tell_inputs_apart_by_bytes_dtype_and_shape():
+    x = torch.randn(3, 4, 5)
+    x[1] = x[0]
+    k = content_keys(x)
+    assert k[0] == k[1] != k[2]
+    y = x.clone()
+    y[0, 2, 3] += 1e-6  # one element
+    assert content_keys(y)[0] != k[0] and content_keys(y)[1] == k[1]
+    assert content_keys(x.double())[0] != k[0]
+    assert content_keys(x.reshape(3, 5, 4))[0] != k[0]
+
+
+@pytest.mark.unit
+def test_one_store_per_encoder_weights_and_a_changed_encoder_gets_another():
+    enc = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    twin = copy.deepcopy(enc)
+    store = shared_cache(enc, 1.0)
+    assert shared_cache(twin, 3.0) is store and store.limit == 3.0 * 2**20  # the largest budget asked for
+    fp = weights_fingerprint(twin)
+    with torch.no_grad():
+        twin[0].weight[0, 0] += 1.0  # an in-place change (an optimiser step) is seen through the version counter
+    assert weights_fingerprint(twin) != fp and shared_cache(twin, 1.0) is not store
+    twin.load_state_dict(enc.state_dict())  # the same weights again: the same store
+    assert shared_cache(twin, 1.0) is store
+
+
+@pytest.mark.unit
+def test_at_most_a_few_encoders_are_kept_least_recently_used_dropped():
+    encs = [torch.nn.Linear(2, 2) for _ in range(MAX_SHARED_ENCODERS + 1)]
+    first = shared_cache(encs[0], 1.0)
+    for e in encs[1:]:
+        shared_cache(e, 1.0)
+    assert len(_SHARED) == MAX_SHARED_ENCODERS and weights_fingerprint(encs[0]) not in _SHARED
+    assert shared_cache(encs[0], 1.0) is not first
+
+
+def test_decoding_reads_the_states_another_model_with_the_same_encoder_computed(whisper_tiny, tiny_corpus):
+    """decoding.encoder_cache_mb: the teacher's decode fills the store; a student with the teacher's (frozen) encoder
+    and fewer decoder layers then decodes the same clips with no encoder pass, and each model's transcripts equal its
+    own uncached ones."""
+    from common.audio import load_audio
+    from common.evaluate import DecodeConfig, WhisperTranscriber
+
+    model, proc = whisper_tiny
+    rows = [json.loads(line) for line in (tiny_corpus / "en_test" / "manifest.jsonl").read_text().splitlines()][:3]
+    audios = [load_audio(tiny_corpus / "en_test" / r["audio_filepath"]) for r in rows]
+    student = copy.deepcopy(model)
+    student.model.decoder.layers = student.model.decoder.layers[:2]
+    calls = []
+    student.get_encoder().register_forward_hook(lambda *a: calls.append(1))
+
+    def decode(m, mb):
+        tr = WhisperTranscriber(m, proc)
+        return tr.transcribe(
+            tr.collate(audios, [r["text"] for r in rows], ["en"] * 3), DecodeConfig(40, encoder_cache_mb=mb)
+        )
+
+    plain = {"teacher": decode(model, 0), "student": decode(student, 0)}
+    assert len(calls) == 1 and plain["teacher"] != plain["student"]  # the pruned decoder writes something else
+    assert decode(model, 100) == plain["teacher"]
+    (store,) = _SHARED.values()
+    assert len(store) == 3
+    assert decode(student, 100) == plain["student"] and len(calls) == 1 and len(store) == 3  # no second encoder pass
+    with pytest.raises(ValueError, match="encoder_cache_mb must be >= 0"):
+        DecodeConfig(encoder_cache_mb=-1)
