@@ -47,7 +47,8 @@ def test_demo_parts_are_disjoint_by_id_and_text():
     """The demo's parts - Ark-Base's labelled part, TD's and OPD's audio-only parts, the teacher's own part, en_dev and
     en_test - never share an utterance id or a transcript (the teacher never trains on the students' data or the
     test), and the four pool parts are the whole pool; TD and OPD (and ASKD's pseudo-labels) read no transcript. From
-    the corpus plan (texts, ids), without synthesising audio."""
+    the corpus plan (texts, ids), without synthesising audio. en_ood (the out-of-domain set) shares no voice, voice
+    variant, rate, pitch or content word with any other part."""
     from common.app.demo import CONFIGS, SPLITS
     from common.config import load
     from common.data.synth import SynthConfig, _plan
@@ -56,6 +57,7 @@ def test_demo_parts_are_disjoint_by_id_and_text():
     pool = plan[("en", "train")]
     parts = {name: pool[rows] for name, rows, _ in SPLITS}
     parts["en_dev"], parts["en_test"] = plan[("en", "dev")], plan[("en", "test")]
+    parts["en_ood"] = _plan(load(SynthConfig, CONFIGS / "synth_ood.yaml", ["out_dir=/tmp/unused"]))[("en", "test")]
     ids = [r["id"] for rows in parts.values() for r in rows]
     texts = [r["text"] for rows in parts.values() for r in rows]
     assert len(set(ids)) == len(ids) and len(set(texts)) == len(texts)
@@ -68,8 +70,27 @@ def test_demo_parts_are_disjoint_by_id_and_text():
         "en_teacher": 400,
         "en_dev": 100,
         "en_test": 300,
+        "en_ood": 300,
     }
     assert [audio_only for _, _, audio_only in SPLITS] == [False, True, True, False]
+    inside = [r for name, rows in parts.items() if name != "en_ood" for r in rows]
+
+    def words(rows):
+        return {w.strip(".?").lower() for r in rows for w in r["text"].split()}
+
+    for key in ("voice", "rate", "pitch"):
+        assert not {r[key] for r in inside} & {r[key] for r in parts["en_ood"]}, key
+    assert {r["voice"].split("+")[1] for r in parts["en_ood"]}.isdisjoint(
+        {r["voice"].split("+")[1] for r in inside if "+" in r["voice"]}
+    )
+    from common.data.synth import _EN, _EN_SHIFTED
+
+    def lexicon(lex):
+        return {w for values in lex.values() for v in values for w in v.split()} - {"the", "at", "on"}  # content words
+
+    assert lexicon(_EN).isdisjoint(lexicon(_EN_SHIFTED))
+    seen = words(inside)
+    assert all(len(words([r]) - seen) >= 2 for r in parts["en_ood"])  # every sentence has >= 2 unseen words
 
 
 def test_subset_manifest_is_absolute_and_audio_only_drops_text(real_speech, tmp_path):

@@ -246,16 +246,58 @@ _ZH_TEMPLATES = [
 ]
 
 
-def generate_sentence(rng: random.Random, language: str) -> str:
-    """One sentence from the language's templates (lower-case English without punctuation, Mandarin Han)."""
-    lex, templates = (_EN, _EN_TEMPLATES) if language == "en" else (_ZH, _ZH_TEMPLATES)
+# The shifted English domain (``domain: shifted``, an out-of-domain test set): a vocabulary and sentence styles (wh-
+# questions, requests, clauses) that the standard generator never writes; its voices, variants, rates and pitches
+# below are disjoint from the standard ones as well (tests check both).
+_EN_SHIFTED = {
+    "name": ["margaret", "william", "sophia", "george", "lucy", "arthur", "isabel", "samuel", "hannah", "edgar"],
+    "adj": ["shiny", "broken", "dusty", "narrow", "frozen", "tiny", "famous", "ancient", "muddy", "curious"],
+    "noun": [
+        "violin",
+        "tractor",
+        "lantern",
+        "bicycle",
+        "telescope",
+        "umbrella",
+        "pumpkin",
+        "blanket",
+        "ladder",
+        "sandwich",
+        "kettle",
+        "helmet",
+    ],
+    "place": ["the bakery", "the factory", "the stadium", "the castle", "the theatre", "the beach", "the farm"],
+    "verb_past": ["repaired", "borrowed", "dropped", "washed", "hid", "polished", "lost", "wrapped", "lifted"],
+    "time": ["on friday", "that summer", "at dawn", "tomorrow afternoon", "during the storm", "around noon"],
+    "number": ["thirteen", "fourteen", "fifteen", "sixteen", "eighteen", "sixty", "seventy", "ninety"],
+}
+_EN_SHIFTED_TEMPLATES = [
+    "where did {name} put the {adj} {noun} {time}",
+    "how many {noun}s did {name} see at {place}",
+    "{name} {verb_past} the {noun} because it was {adj}",
+    "if it rains {time} {name} will stay at {place}",
+    "could you bring the {adj} {noun} to {place}",
+    "after {name} {verb_past} the {noun} everybody went to {place}",
+    "{number} {adj} {noun}s were found near {place} {time}",
+    "nobody knew why {name} {verb_past} the {noun}",
+]
+_QUESTION_WORDS = {"did", "where", "how", "could"}
+
+
+def generate_sentence(rng: random.Random, language: str, domain: str = "standard") -> str:
+    """One sentence from the language's templates (lower-case English without punctuation, Mandarin Han);
+    ``domain="shifted"``: English from the shifted vocabulary and sentence styles."""
+    if domain == "shifted":
+        lex, templates = _EN_SHIFTED, _EN_SHIFTED_TEMPLATES
+    else:
+        lex, templates = (_EN, _EN_TEMPLATES) if language == "en" else (_ZH, _ZH_TEMPLATES)
     tpl = rng.choice(templates)
     values = {k: rng.choice(v) for k, v in lex.items()}
     values["name2"] = rng.choice([n for n in lex["name"] if n != values["name"]])
     return tpl.format(**values)
 
 
-_CAPITALISED = set(_EN["name"]) | {"monday"}
+_CAPITALISED = set(_EN["name"]) | set(_EN_SHIFTED["name"]) | {"monday", "friday"}
 
 
 def written_form(sentence: str, language: str) -> str:
@@ -264,7 +306,7 @@ def written_form(sentence: str, language: str) -> str:
         return sentence + "。"
     words = [w.capitalize() if w in _CAPITALISED else w for w in sentence.split()]
     text = " ".join(words)
-    return text[0].upper() + text[1:] + ("?" if words[0] == "did" else ".")
+    return text[0].upper() + text[1:] + ("?" if words[0] in _QUESTION_WORDS else ".")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +317,11 @@ _VOICES = {
     "zh": ["cmn"],
 }
 _VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+f1", "+f2", "+f3", "+f4"]
+RATES, PITCHES = (120, 175), (30, 70)  # words per minute, espeak pitch 0-99
+
+_SHIFTED_VOICES = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]  # accents the standard voices do not have
+_SHIFTED_VARIANTS = ["+m5", "+m6", "+m7", "+f5", "+klatt", "+klatt3", "+edward", "+linda"]
+_SHIFTED_RATES, _SHIFTED_PITCHES = ((90, 112), (185, 215)), ((10, 26), (74, 90))  # slower/faster, lower/higher
 
 
 @dataclass
@@ -299,11 +346,17 @@ class SynthConfig:
     """plain: lower-case English without punctuation; written: the convention of Whisper's (and Qwen3-ASR's) output -
     sentence case, capitalised names and weekdays, final '.' or '?' (Mandarin: final '。'). Train a student that a
     teacher distils toward on the teacher's convention (scoring normalises both away)."""
+    domain: Literal["standard", "shifted"] = "standard"
+    """standard: the corpus's own voices, rates, pitches and sentences; shifted (English only): an out-of-domain set -
+    two accents, voice variants, speaking rates, pitches, a vocabulary and sentence styles (questions, requests,
+    clauses) that the standard corpus never has."""
 
     def __post_init__(self) -> None:
         for lang in self.languages:
             if lang not in _VOICES:
                 raise ValueError(f"languages: unknown language {lang!r} (known: en, zh)")
+        if self.domain == "shifted" and any(self.zh_sizes) and "zh" in self.languages:
+            raise ValueError("domain: shifted exists for English only (set zh_sizes to [0, 0, 0])")
         for name in ("en_sizes", "zh_sizes"):
             sizes = getattr(self, name)
             if len(sizes) != 3 or min(sizes) < 0:
@@ -329,16 +382,20 @@ def _plan(cfg: SynthConfig) -> dict[tuple[str, str], list[dict]]:
             rng = random.Random(f"{cfg.seed}-{lang}-{split}")
             rows = []
             for i in range(n):
-                text = generate_sentence(rng, lang)
+                text = generate_sentence(rng, lang, cfg.domain)
                 while text in seen:
-                    text = generate_sentence(rng, lang)
+                    text = generate_sentence(rng, lang, cfg.domain)
                 seen.add(text)
                 if cfg.text_style == "written":
                     text = written_form(text, lang)
-                voice = rng.choice(_VOICES[lang]) + rng.choice(_VARIANTS)
-                rate, pitch = rng.randint(120, 175), rng.randint(30, 70)
+                if cfg.domain == "shifted":
+                    voice = rng.choice(_SHIFTED_VOICES) + rng.choice(_SHIFTED_VARIANTS)
+                    rate, pitch = rng.randint(*rng.choice(_SHIFTED_RATES)), rng.randint(*rng.choice(_SHIFTED_PITCHES))
+                else:
+                    voice = rng.choice(_VOICES[lang]) + rng.choice(_VARIANTS)
+                    rate, pitch = rng.randint(*RATES), rng.randint(*PITCHES)
                 snr = rng.uniform(*cfg.snr_db) if rng.random() < cfg.noise_prob else None
-                uid = f"synth_{lang}_{split}_{i:05d}"
+                uid = f"synth_{lang}{'' if cfg.domain == 'standard' else '_shifted'}_{split}_{i:05d}"
                 rows.append(
                     {
                         "audio_filepath": f"audio/{uid}.flac",
@@ -389,6 +446,8 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True, workers: int | No
     stamp = out / "synth.json"
     args = asdict(cfg)
     args.pop("out_dir")
+    if args["domain"] == "standard":
+        args.pop("domain")  # corpora cached before the field existed stay valid
     if stamp.is_file() and json.loads(stamp.read_text()).get("args") == args:
         return out
     plan = _plan(cfg)
