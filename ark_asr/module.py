@@ -22,7 +22,7 @@ from common.losses import build_candidates, cross_entropy, union_topk_kl
 from common.teachers.encoder_cache import EncoderStateCache, content_keys, shared_cache
 from common.teachers.protocol import Teacher
 from common.teachers.token_map import TokenMap
-from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
+from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params, shard_student
 
 
 def teacher_entries_in_student(S: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -293,6 +293,9 @@ class ArkModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.val_log.transcribe_samples(self, self.teacher)
         self.val_log.log(self)
+
+    def configure_model(self) -> None:
+        shard_student(self, self.student)  # FSDP2 (trainer.strategy: fsdp2) only; a no-op otherwise
 
     def configure_optimizers(self):
         return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

@@ -9,7 +9,6 @@ previous-epoch copy of the student) IS part of the checkpoint, so a resumed run 
 
 from __future__ import annotations
 
-import copy
 from typing import Any, NamedTuple, Optional
 
 import lightning as L
@@ -23,7 +22,15 @@ from common.losses import cross_entropy, kd_kl, sparse_kd_kl
 from common.teachers.cache import TeacherCache
 from common.teachers.encoder_cache import EncoderStateCache, content_keys, shared_cache
 from common.teachers.protocol import Teacher
-from common.training import TrainSkips, ValidationLog, configure_optim, gathered_params
+from common.training import (
+    TrainSkips,
+    ValidationLog,
+    configure_optim,
+    full_tensor,
+    gathered_params,
+    shard_student,
+    unsharded_copy,
+)
 
 
 class LossWeights(NamedTuple):
@@ -175,7 +182,7 @@ class AskdModule(L.LightningModule):
 
     # -- self-teacher lifecycle -----------------------------------------------------------------
     def _copy_student(self) -> torch.nn.Module:
-        t = copy.deepcopy(self.student).eval()
+        t = unsharded_copy(self.student).eval()  # FSDP2: the gathered weights, replicated
         t.requires_grad_(False)
         return t
 
@@ -200,7 +207,7 @@ class AskdModule(L.LightningModule):
         if sk.enabled and sk.self_teacher == "ema" and self.self_teacher is not None:
             with torch.no_grad():
                 for e, p in zip(self.self_teacher.parameters(), self.student.parameters()):
-                    e.lerp_(p.detach(), 1.0 - sk.ema_decay)
+                    e.lerp_(full_tensor(p.detach()), 1.0 - sk.ema_decay)
 
     def on_train_epoch_end(self) -> None:
         sk = self.cfg.self_kd
@@ -239,6 +246,9 @@ class AskdModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.val_log.transcribe_samples(self, self.teacher)
         self.val_log.log(self)
+
+    def configure_model(self) -> None:
+        shard_student(self, self.student)  # FSDP2 (trainer.strategy: fsdp2) only; a no-op otherwise
 
     def configure_optimizers(self):
         return configure_optim(self.student.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

@@ -3,7 +3,10 @@
 Real Whisper tiny.en teacher -> 2-decoder-layer student, frozen shared encoder, tau 2, the same batches of a small
 espeak-ng corpus, forward + backward of ``AskdModule.training_step`` in phase A, online and cached alternating,
 medians over repeats, one process. The shared encoder pass is timed separately: the cache removes the teacher's
-decoder and full-vocabulary softmax, not the encoder pass that the student needs anyway.
+decoder and full-vocabulary softmax, not the encoder pass that the student needs anyway. Then the frozen encoder's
+shared store (``encoder_cache_mb``, ``common.teachers.encoder_cache``): the online step with the encoder states
+computed vs read from the store (a later epoch, another student of the same teacher, another seed), and a decoding
+batch of the student (``decoding.encoder_cache_mb``) with and without them.
 Usage: python bench/kd_step.py [--repeats 5] [--top-k 8]
 """
 
@@ -52,6 +55,7 @@ def main() -> None:
         "trainer": {"max_steps": 1000},
     }
     online, dm, _ = build(from_dict(AskdConfig, base), teacher)
+    stored, _, _ = build(from_dict(AskdConfig, {**base, "encoder_cache_mb": 2000.0}), teacher)
     cached, _, _ = build(
         from_dict(AskdConfig, {**base, "teacher_source": "cache", "teacher_cache": str(tmp / "cache")}), teacher
     )
@@ -74,6 +78,19 @@ def main() -> None:
         with torch.no_grad():
             online._encode(b["input_features"])
         t_enc.append(time.perf_counter() - t0)
+    for b in batches[1:]:  # fill the store
+        step(stored, b)
+    t_st = [step(stored, b) for b in batches[1:]]  # every utterance's states now come from the store
+    from common.evaluate import DecodeConfig, WhisperTranscriber
+
+    tr = WhisperTranscriber(online.student, online.processor)
+    dec = {mb: [] for mb in (0.0, 2000.0)}
+    for b in batches[1:]:
+        for mb in dec:  # 2000: the store already holds these clips (filled by the training steps above)
+            t0 = time.perf_counter()
+            tr.transcribe(b, DecodeConfig(max_new_tokens=32, encoder_cache_mb=mb))
+            dec[mb].append(time.perf_counter() - t0)
+    st, d0, d1 = statistics.median(t_st), statistics.median(dec[0.0]), statistics.median(dec[2000.0])
     on, ca, enc = statistics.median(t_on), statistics.median(t_ca), statistics.median(t_enc)
     n_utt = statistics.median(len(b["ids"]) for b in batches[1:])
     print(
@@ -87,6 +104,10 @@ def main() -> None:
         f"ratio: ASKD KD step time without the shared encoder pass, online / cache = {(on - enc) / (ca - enc):.2f} "
         f"(what the cache removes)"
     )
+    print(f"| online, encoder states from the shared store | {st:.3f} | 0 |")
+    print(f"decoding a batch (greedy, <= 32 tokens): encoder run {d0:.3f} s, encoder states from the store {d1:.3f} s")
+    print(f"ratio: ASKD KD step time, encoder states computed / from the shared store = {on / st:.2f}")
+    print(f"ratio: student decoding batch time, encoder run / encoder states from the shared store = {d0 / d1:.2f}")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ def schema_for(path: Path) -> type:
         try:
             top = method_of(path, [])
         except ValueError:
-            top = {"synth.yaml": "base", "synth_ood.yaml": "base", "teacher_cache.yaml": "teachers"}.get(path.name, "eval")
+            top = {"synth.yaml": "base", "synth_ood.yaml": "base", "teacher_cache.yaml": "teachers"}.get(
+                path.name, "eval"
+            )
     if top == "eval":
         from common.evaluate import EvalConfig
 

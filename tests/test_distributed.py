@@ -30,7 +30,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(cfg, tmp_path: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(
+    cfg, tmp_path: Path, *overrides: str, nproc: int = 2, strategy: str = "ddp", resume: bool = False
+) -> subprocess.CompletedProcess:
     path = tmp_path / f"{Path(cfg.run_dir).name}.yaml"
     save_yaml(cfg, path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -45,7 +47,8 @@ def _torchrun(cfg, tmp_path: Path, *overrides: str, nproc: int = 2) -> subproces
         "fit",
         "-c",
         str(path),
-        "trainer.strategy=ddp",
+        *(["--resume"] if resume else []),
+        f"trainer.strategy={strategy}",
         f"trainer.devices={nproc}",
         "trainer.accelerator=cpu",
         *overrides,
@@ -123,12 +126,105 @@ def test_ddp_two_process_ark_fit(tiny_corpus, tmp_path):
     assert (tmp_path / "ark_ddp" / "student" / "ark_config.json").is_file()
 
 
+# -- FSDP2 ---------------------------------------------------------------------------------------
+def _ckpt(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _assert_same_run(a: Path, b: Path, atol: float) -> None:
+    """The same losses at every logged step and the same weights (and self-teacher) after the last one."""
+    la, lb = read_scalars(a, "train/loss")["train/loss"], read_scalars(b, "train/loss")["train/loss"]
+    assert [s for s, _ in la] == [s for s, _ in lb] and len(la) >= 3
+    assert [v for _, v in lb] == pytest.approx([v for _, v in la], rel=1e-4, abs=1e-5)
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    diff = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+    assert diff < atol, diff
+
+
+@pytest.mark.distributed
+def test_fsdp2_trains_ark_like_ddp_and_its_checkpoints_move_across_strategies(tiny_corpus, tmp_path):
+    """trainer.strategy=fsdp2 (fully_shard per transformer layer through Lightning's ModelParallelStrategy) on 2 gloo
+    processes: the same per-step losses and, after 4 SFT steps, the same weights as DDP (within 1e-5: fp32, other
+    reduction order); its checkpoint is one full-state file that resumes in one process, and a DDP checkpoint resumes
+    under FSDP2."""
+    over = {"trainer": {"max_steps": 4, "log_every_n_steps": 1}, "data": {"dev": [], "test": []}}
+    runs = {}
+    for strategy in ("ddp", "fsdp2"):
+        runs[strategy] = tmp_path / f"ark_{strategy}"
+        _torchrun(ark_cfg(tiny_corpus, runs[strategy], "sft", **over), tmp_path, strategy=strategy)
+    _assert_same_run(runs["ddp"], runs["fsdp2"], atol=1e-5)
+    assert (runs["fsdp2"] / "checkpoints" / "last.ckpt").is_file()  # a file, not a folder of shards
+    from ark_asr.run import fit
+
+    one = tmp_path / "ark_fsdp2_then_1proc"
+    shutil.copytree(runs["fsdp2"], one)
+    (one / "summary.json").unlink()
+    with pytest.warns(UserWarning, match="world size 2"):
+        assert (
+            fit(ark_cfg(tiny_corpus, one, "sft", trainer={"max_steps": 5}, data=over["data"]), resume=True)["steps"]
+            == 5
+        )
+    moved = tmp_path / "ark_ddp_then_fsdp2"
+    shutil.copytree(runs["ddp"], moved)
+    (moved / "summary.json").unlink()
+    cfg = ark_cfg(tiny_corpus, moved, "sft", trainer={"max_steps": 5, "log_every_n_steps": 1}, data=over["data"])
+    _torchrun(cfg, tmp_path, strategy="fsdp2", resume=True)
+    assert _ckpt(moved)["global_step"] == 5
+
+
+@pytest.mark.distributed
+def test_fsdp2_trains_askd_with_self_kd_like_ddp(tiny_corpus, tmp_path):
+    """ASKD-Whisper under FSDP2 (its decoder and encoder layers sharded), through the teacher-KD phase into self-KD
+    with an EMA self-teacher (gathered full weights): the same losses and weights (1e-4), self-teacher included, as
+    DDP."""
+    over = {
+        "trainer": {"max_steps": 4, "log_every_n_steps": 1},
+        "data": {"dev": [], "test": []},
+        "self_kd": {"enabled": True, "boundary": 0.5, "self_teacher": "ema", "ema_decay": 0.5},
+    }
+    runs = {}
+    for strategy in ("ddp", "fsdp2"):
+        runs[strategy] = tmp_path / f"askd_{strategy}"
+        _torchrun(askd_cfg(tiny_corpus, runs[strategy], **over), tmp_path, strategy=strategy)
+    # 1e-4: AdamW's normalised update m / sqrt(v) amplifies reduction-order differences of near-zero gradients
+    # (the losses agree to 1e-5; lr 1e-3 x 4 steps bounds any weight's move by ~4e-3)
+    _assert_same_run(runs["ddp"], runs["fsdp2"], atol=1e-4)
+    assert _ckpt(runs["fsdp2"])["askd"]["self_teacher"] is not None
+
+
+@pytest.mark.distributed
+def test_fsdp2_opd_step_with_uneven_rollouts_equals_the_unsharded_step(tiny_corpus, tmp_path):
+    """OPD under FSDP2 with rank 0 rolling out at most 4 tokens and rank 1 at most 12: the rollout holds gathered
+    weights (no collective per token, so the ranks never wait on each other), and each rank's loss and the averaged
+    gradients equal an unsharded copy's."""
+    out = tmp_path / "fsdp2_opd.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    r = subprocess.run(
+        [*cmd, str(REPO / "tests" / "fsdp2_opd_worker.py"), str(tiny_corpus), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    res = json.loads(out.read_text())
+    assert res["n_sharded"] > 0
+    (len0, ref_len0, loss0, ref0), (len1, ref_len1, loss1, ref1) = res["per_rank"]
+    assert len0 == ref_len0 and len1 == ref_len1 and len0 <= 4 < len1  # uneven: rank 1 decoded more tokens
+    assert loss0 == pytest.approx(ref0, rel=1e-5) and loss1 == pytest.approx(ref1, rel=1e-5)
+    assert res["max_grad_diff"] < 1e-5
+
+
 # -- signals -------------------------------------------------------------------------------------
 
 
 def _state(run_dir: Path) -> dict:
     ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return {**ck["state_dict"], **{f"self_teacher.{k}": v for k, v in (ck["askd"]["self_teacher"] or {}).items()}}
+    st = (ck.get("askd") or {}).get("self_teacher") or {}  # ASKD's self-teacher, when there is one
+    return {**ck["state_dict"], **{f"self_teacher.{k}": v for k, v in st.items()}}
 
 
 def test_signals_checkpoint_and_resume_to_the_same_weights(tiny_corpus, tmp_path, teacher):
@@ -257,3 +353,21 @@ def test_fsdp_strategy_wraps_transformer_layers(whisper_tiny):
         "WhisperDecoderLayer",
     }
     assert isinstance(make_strategy(TrainerConfig(strategy="ddp")), DDPStrategy)
+
+
+@pytest.mark.unit
+def test_grad_norm_of_plain_gradients_is_torchs_total_norm_and_fsdp2_is_a_strategy_of_its_own():
+    """common.training.grad_norm (what FSDP2Gradients clips by and GradNormLog logs) on unsharded gradients equals
+    torch's clip_grad_norm_ total norm; trainer.strategy=fsdp2 is Lightning's ModelParallelStrategy as pure data
+    parallelism, full-state checkpoints, with Lightning's own clipping off (FSDP2Gradients clips instead)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from common.training import TrainerConfig, grad_norm, make_strategy
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    m(torch.randn(5, 3)).pow(2).sum().backward()
+    params = list(m.parameters())
+    torch.testing.assert_close(grad_norm(params), torch.nn.utils.clip_grad_norm_(params, 1e9))
+    s = make_strategy(TrainerConfig(strategy="fsdp2", devices=4, num_nodes=2))
+    assert isinstance(s, ModelParallelStrategy)
+    assert (s._data_parallel_size, s._tensor_parallel_size, s._save_distributed_checkpoint) == (8, 1, False)

@@ -2,7 +2,7 @@
 
 - :mod:`~common.training.config`      ``optim`` / ``trainer`` config sections
 - :mod:`~common.training.optim`       AdamW + warm-up/decay schedule
-- :mod:`~common.training.strategy`    DDP/FSDP strategy, activation checkpointing, teacher placement and sharding
+- :mod:`~common.training.strategy`    DDP/FSDP/FSDP2 strategy, activation checkpointing, teacher placement and sharding
 - :mod:`~common.training.preemption`  signal-triggered checkpoints, early stops
 - :mod:`~common.training.validation`  dev-set error rates and TensorBoard samples
 - :mod:`~common.training.trainer`     the Lightning Trainer of a run directory
@@ -14,12 +14,17 @@ from common.training.fit import ExperimentConfig, evaluate_test_sets, last_check
 from common.training.optim import configure_optim, lr_lambda
 from common.training.preemption import Preempted, PreemptionCheckpoint, StopAfterSteps
 from common.training.strategy import (
+    FSDP2Gradients,
     TeacherPlacement,
     enable_activation_checkpointing,
+    full_tensor,
     gathered_params,
+    grad_norm,
     layer_classes,
     make_strategy,
     shard_frozen,
+    shard_student,
+    unsharded_copy,
 )
 from common.training.trainer import build_trainer
 from common.training.validation import TrainSkips, ValidationLog
@@ -38,6 +43,11 @@ __all__ = [
     "Preempted",
     "PreemptionCheckpoint",
     "StopAfterSteps",
+    "FSDP2Gradients",
+    "full_tensor",
+    "grad_norm",
+    "shard_student",
+    "unsharded_copy",
     "TeacherPlacement",
     "enable_activation_checkpointing",
     "gathered_params",

@@ -53,8 +53,10 @@ class TrainerConfig:
     """Devices per node."""
     num_nodes: int = 1
     """Nodes (SLURM: one task per device)."""
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    """Distribution strategy (modules never branch on it)."""
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto"
+    """Distribution strategy (modules never branch on it): ddp (replicas), fsdp (FSDP1, Lightning's FSDPStrategy,
+    GPU), fsdp2 (``fully_shard`` per transformer layer through Lightning's ModelParallelStrategy; CPU or GPU;
+    docs/scaling.md says how to choose)."""
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     """FSDP settings (strategy fsdp)."""
     activation_checkpointing: bool = False

@@ -149,7 +149,10 @@ def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_tr
         return {"method": cfg.method, "steps": trainer.global_step, "stopped_early": True}
     if not trainer.is_global_zero:
         return {"method": cfg.method, "steps": trainer.global_step, "rank": trainer.global_rank}
-    if cfg.trainer.strategy == "fsdp":  # the sharded module is unusable outside the trainer: reload the full weights
+    if cfg.trainer.strategy in (
+        "fsdp",
+        "fsdp2",
+    ):  # the sharded module is unusable outside the trainer: reload the full weights
         module = _reload(build, run_dir / "checkpoints" / "last.ckpt")
     if on_trained is not None:
         on_trained(module, run_dir)

@@ -26,8 +26,12 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 
 
 def configure_optim(params, cfg: OptimConfig, total_steps: int) -> dict[str, Any]:
+    from torch.distributed.tensor import DTensor
+
+    trainable = [p for p in params if p.requires_grad]
+    mixed = any(isinstance(p, DTensor) for p in trainable)  # FSDP2: sharded layers beside replicated parameters
     opt = torch.optim.AdamW(
-        [p for p in params if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, foreach=False if mixed else None
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -61,9 +61,11 @@ class GradNormLog(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if trainer.global_step % self.every:
             return
-        grads = [p.grad.detach().float().norm() for p in pl_module.parameters() if p.grad is not None]
-        if grads:
-            pl_module.log("train/grad_norm", torch.stack(grads).norm(), batch_size=1)
+        from common.training.strategy import grad_norm
+
+        params = [p for p in pl_module.parameters() if p.grad is not None]
+        if params:  # sharded (FSDP2) or not
+            pl_module.log("train/grad_norm", grad_norm(params), batch_size=1)
 
 
 def _hms(seconds: float) -> str:

@@ -13,7 +13,7 @@ import torch
 from common.training.config import TrainerConfig
 from common.training.preemption import AtomicCheckpointIO, PreemptionCheckpoint
 from common.training.progress import GradNormLog, ProgressLines, is_terminal
-from common.training.strategy import enable_activation_checkpointing, make_strategy
+from common.training.strategy import FSDP2Gradients, enable_activation_checkpointing, make_strategy
 
 _PROJECT_TRIGGERED_WARNINGS = (
     r".*does not have many workers.*",  # data.num_workers is a config choice (CPU runs use 0 on purpose)
@@ -75,6 +75,7 @@ def build_trainer(
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     watch = [LearningRateMonitor(logging_interval="step"), GradNormLog(cfg.log_every_n_steps)]
+    fsdp2 = [FSDP2Gradients(cfg.gradient_clip_val)] if cfg.strategy == "fsdp2" else []  # first: sync, then measure
     terminal = is_terminal()
     if not terminal:
         watch.append(ProgressLines(cfg.progress_every_n_steps, cfg.max_steps))
@@ -87,14 +88,14 @@ def build_trainer(
         strategy=make_strategy(cfg, module),
         precision=cfg.precision,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.gradient_clip_val,
+        gradient_clip_val=None if cfg.strategy == "fsdp2" else cfg.gradient_clip_val,  # FSDP2Gradients clips
         log_every_n_steps=cfg.log_every_n_steps,
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.progress_bar and terminal,
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
-        callbacks=[*ckpts, preempt, *watch] + list(callbacks or []),
+        callbacks=[*fsdp2, *ckpts, preempt, *watch] + list(callbacks or []),
         num_sanity_val_steps=0,
         **kw,
     )
