@@ -142,7 +142,7 @@ def _assert_same_run(a: Path, b: Path, atol: float) -> None:
     assert diff < atol, diff
 
 
-@pytest.mark.slow  # four 2-process runs (~3-4 min on 2 cores): make test-slow; ASKD's and OPD's FSDP2 tests run by default
+@pytest.mark.slow  # four 2-process runs (~3-4 min on 2 cores): make test-slow; ASKD's and OPD's FSDP2 tests are default
 @pytest.mark.distributed
 def test_fsdp2_trains_ark_like_ddp_and_its_checkpoints_move_across_strategies(tiny_corpus, tmp_path):
     """trainer.strategy=fsdp2 (fully_shard per transformer layer through Lightning's ModelParallelStrategy) on 2 gloo
