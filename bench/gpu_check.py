@@ -8,12 +8,14 @@
 3. ``gpu_check.json`` (every figure, the machine, the date) and a block for docs/RESULTS.md on stdout.
 
 Each measurement runs on its own: one that fails is recorded with its error and the rest still run. The Ark-ASR steps
-run in one process on one GPU without sharding (FSDP2 for the students is issue 23's open part; the ``gpu`` tests
-cover Lightning's FSDP1). ``--dims tiny --device cpu`` runs the same code at tiny dimensions on a CPU (the suite does,
+run in one process on one GPU with the student under FSDP2 (``--ark-strategy fsdp2``, the default: each transformer
+layer ``fully_shard``-ed on a 1-rank mesh with pure bf16 parameters, as ``trainer.strategy: fsdp2`` +
+``precision: bf16-true`` does; ``none`` for the plain module); the ``gpu`` tests cover Lightning's FSDP1.
+``--dims tiny --device cpu`` runs the same code at tiny dimensions on a CPU, FSDP2 on a gloo group (a slow test does,
 so this script cannot rot where no GPU is lent).
 
 Usage: python bench/gpu_check.py [--out gpu_check.json] [--dims paper|tiny] [--device cuda|cpu] [--batch 16]
-       [--skip-pytest]
+       [--skip-pytest] [--ark-strategy fsdp2|none]
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=16, help="utterances per step / batched-throughput batch")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each synthetic utterance")
     ap.add_argument("--skip-pytest", action="store_true", help="skip `pytest -m gpu`")
+    ap.add_argument(
+        "--ark-strategy", choices=["fsdp2", "none"], default="fsdp2", help="the Ark student's sharding (1 rank)"
+    )
     a = ap.parse_args(argv)
     if a.batch < 1 or a.seconds <= 0:
         ap.error("--batch must be >= 1 and --seconds > 0")
@@ -103,8 +109,41 @@ def synthetic_manifest(out: Path, n: int, seconds: float) -> Path:
     return m
 
 
+@contextmanager
+def one_rank_mesh(device: str) -> Iterator[Any]:
+    """A 1-process group (nccl on a GPU, gloo on a CPU) and its data-parallel device mesh, as Lightning's
+    ``ModelParallelStrategy`` gives a LightningModule; torn down afterwards (left alone if a group already exists)."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mine = not dist.is_initialized()
+    if mine:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(port)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (1,), mesh_dim_names=("data_parallel",))
+    finally:
+        if mine:
+            dist.destroy_process_group()
+
+
 def ark_steps(a: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str, Any]:
-    """One Ark-ASR SFT step and one OPD step (forward + backward), bf16 on the device."""
+    """One Ark-ASR SFT step and one OPD step (forward + backward), bf16 on the device, the student under FSDP2
+    (``--ark-strategy fsdp2``) or plain."""
+    if a.ark_strategy == "fsdp2":
+        with one_rank_mesh(a.device) as mesh:
+            return _ark_steps(a, manifest, run_dir, mesh)
+    return _ark_steps(a, manifest, run_dir, None)
+
+
+def _ark_steps(a: argparse.Namespace, manifest: Path, run_dir: Path, mesh: Any) -> dict[str, Any]:
     from ark_asr.config import ArkConfig
     from ark_asr.run import build
     from common.config import from_dict
@@ -164,7 +203,14 @@ def ark_steps(a: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str,
         },
     )
     module, dm, _ = build(cfg, teacher)
-    module.student.to(a.device, dtype)
+    module.student.to(a.device, dtype)  # pure bf16 parameters on a GPU (no fp32 master copy)
+    sharded = 0
+    if mesh is not None:
+        from torch.distributed.fsdp import FSDPModule
+
+        module._device_mesh = mesh  # what ModelParallelStrategy sets; configure_model then shards the student
+        module.configure_model()
+        sharded = sum(isinstance(m, FSDPModule) for m in module.student.modules())
     batch = next(iter(dm.train_dataloader()))
     params = [p for p in module.student.parameters() if p.requires_grad]
 
@@ -178,7 +224,11 @@ def ark_steps(a: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str,
 
         return run
 
-    out: dict[str, Any] = {"batch_utterances": len(batch["ids"]), "utterance_seconds": a.seconds}
+    out: dict[str, Any] = {
+        "strategy": f"fsdp2 (1 rank, {sharded} layers fully_shard-ed)" if mesh is not None else "none",
+        "batch_utterances": len(batch["ids"]),
+        "utterance_seconds": a.seconds,
+    }
     _reset_peak(a.device)
     out["sft_step_s"], _ = timed(step(module.ce_step), a.device)
     out["sft_peak_mb"] = peak_mb(a.device)

@@ -72,3 +72,6 @@ def test_the_measurements_run_at_tiny_dims_on_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert rc == 0 and {"ark_asr", "askd_whisper"} <= set(res["parts"])
     assert res["parts"]["ark_asr"]["opd_step_s"] > 0 and res["parts"]["askd_whisper"]["batched"]["rtfx_student"] > 0
+    # the Ark student ran under FSDP2 on a 1-rank gloo mesh: tiny.en's 4 encoder layers + the LM's layer are sharded
+    assert res["parts"]["ark_asr"]["strategy"] == "fsdp2 (1 rank, 5 layers fully_shard-ed)"
+    assert not torch.distributed.is_initialized()  # the check's process group is torn down

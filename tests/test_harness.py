@@ -492,3 +492,38 @@ def test_demo_seed_spread_and_conclusions_that_hold_in_every_seed(tmp_path):
     )
     assert not flat["holds_in_every_seed"] or len(set(flat["verdict_per_seed"])) == 1
     assert len(res["seed_conclusions"]) == len(PAIRS) and "hold in every seed" in _comparisons_md(res)
+    # the controls' share of OPD's gain, per seed: both sit at p = 0.1 like OPD, so each recovers about all of it
+    shares = res["control_shares"]["Ark-Base + self-training"]["en_test"]
+    assert len(shares) == 2 and all(0.5 < s < 1.5 for s in shares)
+
+
+@pytest.mark.unit
+def test_demo_records_the_dev_sweep_behind_its_opd_learning_rate(tmp_path, monkeypatch):
+    """results.json's ``selection``: the lr the OPD run trained with (its saved config), each dev-sweep point's en_dev
+    error rate, the point the sweep selects and whether the demo uses it; unfinished points are listed, not chosen."""
+    from common.app.demo import opd_selection
+
+    out = tmp_path / "runs" / "demo"
+    (out / "ark_base_opd").mkdir(parents=True)
+    (out / "ark_base_opd" / "config.yaml").write_text("optim: {lr: 0.0003}\n")
+    monkeypatch.chdir(tmp_path / "runs")  # the sweep's out_dir (runs/sweeps/demo_opd) is not under this cwd
+    assert opd_selection(out)["points"] == [] and opd_selection(out)["opd_lr"] == 3e-4
+    sweep = tmp_path / "runs" / "sweeps" / "demo_opd"
+    runs = []
+    for lr, wrong in ((1e-4, 5), (3e-4, 2), (1e-3, None)):
+        name = f"lr={lr:g}"
+        if wrong is not None:  # 1e-3: not finished
+            _fake_eval_run(sweep / name, {"en_dev": [(wrong, 10)] * 20}, {"en_dev": "en"})
+        runs.append({"name": name, "run_dir": f"runs/sweeps/demo_opd/{name}", "values": {"optim.lr": lr}})
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "sweep.json").write_text(json.dumps({"runs": runs}))
+    sel = opd_selection(out)
+    assert [p["lr"] for p in sel["points"]] == [1e-4, 3e-4, 1e-3]
+    assert [p["dev_error_rate"] for p in sel["points"]] == [50.0, 20.0, None]
+    assert sel["dev_best_lr"] == 3e-4 and sel["uses_dev_best"] and not sel["complete"]
+    assert sel["selected_on"] == "en_dev"
+    from common.app.demo import _comparisons_md
+
+    md = _comparisons_md({"comparisons": [], "diagnostics": {"opd_from_base": {}, "opd_from_td": {}}, "selection": sel})
+    assert "OPD learning rate 0.0003, chosen on en_dev" in md and "0.001 -> not finished" in md
+    assert "the dev sweep's best. The sweep is not finished." in md

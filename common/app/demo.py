@@ -173,6 +173,44 @@ def _opd_diagnostics(run_dir: Path) -> dict:
     }
 
 
+SWEEP = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "demo_opd.yaml"
+
+
+def opd_selection(out: Path) -> dict:
+    """How the demo's OPD learning rate was chosen: the value its OPD run trained with, and - when the dev sweep
+    (configs/sweeps/demo_opd.yaml, scored on en_dev, never on a test set) has run beside the demo - each point's dev
+    error rate, the point it selects (the lowest) and whether the demo uses it."""
+    from omegaconf import OmegaConf
+
+    from common.app.sweep import SweepConfig, sweep_rows
+    from common.config import load
+    from common.runs import RunError
+
+    cfg_file = out / "ark_base_opd" / "config.yaml"  # the config the OPD run saved: the value it trained with
+    used = float(OmegaConf.load(cfg_file).optim.lr) if cfg_file.is_file() else None
+    res: dict[str, Any] = {"opd_lr": used, "sweep": str(SWEEP.relative_to(SWEEP.parents[2])), "selected_on": "en_dev"}
+    sweep_dir = Path(load(SweepConfig, SWEEP).out_dir)
+    if not (sweep_dir / "sweep.json").is_file():
+        sweep_dir = out.parent / "sweeps" / sweep_dir.name  # beside a demo written elsewhere than runs/demo
+    try:
+        rows = sweep_rows(sweep_dir)
+    except (OSError, RunError):
+        return {**res, "points": [], "note": f"no dev sweep found in {sweep_dir}"}
+    points = []
+    for r in rows:
+        cell = next(iter(r.cells.values()), None)  # the sweep scores one set: en_dev
+        points.append({"lr": float(r.extra["lr"]), "dev_error_rate": None if cell is None else round(cell.rate, 3)})
+    done = [p for p in points if p["dev_error_rate"] is not None]
+    best = min(done, key=lambda p: p["dev_error_rate"])["lr"] if done else None
+    return {
+        **res,
+        "points": points,
+        "complete": len(done) == len(points),
+        "dev_best_lr": best,
+        "uses_dev_best": best is not None and used is not None and abs(best - used) <= 1e-12 * best,
+    }
+
+
 def demo_results(out: Path, teacher_dir: Path, timings: dict, seeds: int = 1) -> dict:
     """The machine-readable result of the demo (``results.json``): every system's error rate per test set with its
     95 % bootstrap interval, the paired comparisons (a - b in points, paired 95 % interval), the OPD diagnostics of
@@ -229,13 +267,34 @@ def demo_results(out: Path, teacher_dir: Path, timings: dict, seeds: int = 1) ->
         "rows": rows,
         "comparisons": comparisons,
         "diagnostics": diagnostics,
+        "selection": opd_selection(out),
         "timings": timings,
         "environment": environment,
         "seeds": seeds,
     }
+    result["control_shares"] = control_shares(out, seeds)
     if seeds > 1:
         result.update(seed_summary(out, teacher_dir, seeds))
     return result
+
+
+def control_shares(out: Path, seeds: int = 1) -> dict:
+    """Per test set and seed, the share of OPD's gain over Ark-Base that each teacher-free control recovers:
+    (control - Ark-Base) / (OPD - Ark-Base) in error rate (1 = all of it, 0 = none, < 0 = the control is worse than
+    Ark-Base; None when OPD gains nothing)."""
+    from common.app.table import run_row
+
+    res: dict[str, dict[str, list]] = {}
+    for control in ("ark_base_self", "ark_base_sft_more"):
+        name = SYSTEMS["ark_asr"][control]
+        for seed in range(seeds):
+            rates = {r: run_row(seed_dir(out, r, seed)).cells for r in ("ark_base_sft", "ark_base_opd", control)}
+            for set_name, base in rates["ark_base_sft"].items():
+                opd, ctl = rates["ark_base_opd"].get(set_name), rates[control].get(set_name)
+                gain = None if opd is None else opd.rate - base.rate
+                share = None if ctl is None or gain is None or gain >= 0 else round((ctl.rate - base.rate) / gain, 3)
+                res.setdefault(name, {}).setdefault(set_name, []).append(share)
+    return res
 
 
 def seed_summary(out: Path, teacher_dir: Path, seeds: int) -> dict:
@@ -301,11 +360,40 @@ def _comparisons_md(results: dict) -> str:
             f"| {c['method']} | {c['a']} | {c['b']} | {c['set']} | {c['delta']:+.2f} | "
             f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | {c['verdict']} |"
         )
+    for control, by_set in (results.get("control_shares") or {}).items():
+        for set_name, shares in by_set.items():
+            vals = ", ".join("-" if v is None else f"{v:.2f}" for v in shares)
+            lines.append(f"\nShare of OPD's gain over Ark-Base that {control} recovers on {set_name}, per seed: {vals}")
+    sel = results.get("selection") or {}
+    if sel.get("points"):
+        pts = ", ".join(
+            f"{p['lr']:g} -> " + ("not finished" if p["dev_error_rate"] is None else f"{p['dev_error_rate']:.2f} %")
+            for p in sel["points"]
+        )
+        lines.append(
+            f"\nOPD learning rate {sel['opd_lr']:g}, chosen on {sel['selected_on']} by {sel['sweep']} ({pts}): "
+            + (
+                "the dev sweep's best."
+                if sel["uses_dev_best"]
+                else f"NOT the dev sweep's best ({sel['dev_best_lr']:g})."
+            )
+            + ("" if sel["complete"] else " The sweep is not finished.")
+        )
     lines += [
         "\n## OPD diagnostics (training-time means over the logged steps)\n",
         "| OPD from | VUSS mean [min, max] | overlap |S ∩ K| / k | teacher mass on S ∩ K | KL first -> last fifth |",
         "|---|---|---|---|---|",
     ]
+    for name, d in (
+        ("Ark-Base", results["diagnostics"]["opd_from_base"]),
+        ("Ark-Base + TD", results["diagnostics"]["opd_from_td"]),
+    ):
+        if d:
+            lines.append(
+                f"| {name} | {d['vuss_mean']:.2f} [{d['vuss_min']:.2f}, {d['vuss_max']:.2f}] | "
+                f"{d['overlap_ratio_mean']:.3f} | {d['teacher_mass_overlap_mean']:.3f} | "
+                f"{d['kl_first_fifth']:.3f} -> {d['kl_last_fifth']:.3f} |"
+            )
     if results.get("seed_conclusions"):
         lines += [
             f"\n## Over {results['seeds']} seeds: which conclusions hold in every seed\n",
@@ -325,16 +413,6 @@ def _comparisons_md(results: dict) -> str:
         for r in results["seed_spread"]:
             lo, hi = r["range"]
             lines.append(f"| {r['method']} | {r['system']} | {r['set']} | {r['mean']:.2f} | [{lo:.2f}, {hi:.2f}] |")
-    for name, d in (
-        ("Ark-Base", results["diagnostics"]["opd_from_base"]),
-        ("Ark-Base + TD", results["diagnostics"]["opd_from_td"]),
-    ):
-        if d:
-            lines.append(
-                f"| {name} | {d['vuss_mean']:.2f} [{d['vuss_min']:.2f}, {d['vuss_max']:.2f}] | "
-                f"{d['overlap_ratio_mean']:.3f} | {d['teacher_mass_overlap_mean']:.3f} | "
-                f"{d['kl_first_fifth']:.3f} -> {d['kl_last_fifth']:.3f} |"
-            )
     return "\n".join(lines) + "\n"
 
 

@@ -321,7 +321,8 @@ def run_slurm(cfg: SweepConfig, dry_run: bool = False, log=print) -> dict[str, s
 
 
 def sweep_rows(sweep_dir: str | Path, n_boot: int = 1000, seed: int = 0):
-    """Table rows for every finished run of a sweep (knob values as columns); unfinished runs are listed as such."""
+    """Table rows for every finished run of a sweep (knob values as columns); unfinished runs are listed as such. A run
+    directory written relative to the sweep's working directory is also found from elsewhere (``out_dir/NAME``)."""
 
     from common.app.table import Row, run_row
 
@@ -329,8 +330,11 @@ def sweep_rows(sweep_dir: str | Path, n_boot: int = 1000, seed: int = 0):
     rows = []
     for r in index["runs"]:
         extra = {k.split(".")[-1]: _fmt(v) for k, v in r["values"].items()}
-        if is_complete(Path(r["run_dir"])):
-            row = run_row(r["run_dir"], r["name"], n_boot, seed)
+        rd = Path(r["run_dir"])
+        if not rd.is_absolute() and not rd.exists():
+            rd = Path(sweep_dir) / rd.name
+        if is_complete(rd):
+            row = run_row(rd, r["name"], n_boot, seed)
             row.extra = extra
         else:
             row = Row(r["name"] + " (not finished)", extra=extra)
