@@ -292,7 +292,8 @@ def control_shares(out: Path, seeds: int = 1) -> dict:
             for set_name, base in rates["ark_base_sft"].items():
                 opd, ctl = rates["ark_base_opd"].get(set_name), rates[control].get(set_name)
                 gain = None if opd is None else opd.rate - base.rate
-                share = None if ctl is None or gain is None or gain >= 0 else round((ctl.rate - base.rate) / gain, 3)
+                ok = ctl is not None and gain is not None and gain < 0
+                share = round((ctl.rate - base.rate) / gain, 3) or 0.0 if ok else None  # "or 0.0": no -0.0
                 res.setdefault(name, {}).setdefault(set_name, []).append(share)
     return res
 
