@@ -285,10 +285,11 @@ def control_shares(out: Path, seeds: int = 1) -> dict:
     from common.app.table import run_row
 
     res: dict[str, dict[str, list]] = {}
-    for control in ("ark_base_self", "ark_base_sft_more"):
-        name = SYSTEMS["ark_asr"][control]
-        for seed in range(seeds):
-            rates = {r: run_row(seed_dir(out, r, seed)).cells for r in ("ark_base_sft", "ark_base_opd", control)}
+    controls = ("ark_base_self", "ark_base_sft_more")
+    for seed in range(seeds):  # each run's row (its bootstrap) once per seed, shared by both controls
+        rates = {r: run_row(seed_dir(out, r, seed)).cells for r in ("ark_base_sft", "ark_base_opd", *controls)}
+        for control in controls:
+            name = SYSTEMS["ark_asr"][control]
             for set_name, base in rates["ark_base_sft"].items():
                 opd, ctl = rates["ark_base_opd"].get(set_name), rates[control].get(set_name)
                 gain = None if opd is None else opd.rate - base.rate
