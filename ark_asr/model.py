@@ -28,6 +28,7 @@ from ark_asr.config import ArkModelConfig
 from common.audio import TARGET_SR
 from common.audio import as_numpy as _as_numpy
 from common.teachers.scoring import pad_targets, predicting_states, right_pad
+from common.training.precision import without_autocast
 
 ARK_SPECIALS = ["<|user|>", "<|begin_of_audio|>", "<|audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"]
 STOP = "<|im_end|>"
@@ -308,14 +309,15 @@ class ArkStudent(nn.Module):
         """Log-mel features padded to the longest utterance of the batch + frame counts: the released front end (the
         feature extractor pads the waveforms with zeros; nothing is rounded up). The encoder has no attention mask,
         as in the release, so a short utterance's states depend slightly on what it is batched with."""
-        f = self.feature_extractor(
-            _as_numpy(audios),
-            sampling_rate=TARGET_SR,
-            padding="longest",
-            truncation=False,  # the extractor would cut at 30 s; the encoder checks its own limit
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
+        with without_autocast():
+            f = self.feature_extractor(
+                _as_numpy(audios),
+                sampling_rate=TARGET_SR,
+                padding="longest",
+                truncation=False,  # the extractor would cut at 30 s; the encoder checks its own limit
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
         return {"input_features": f["input_features"], "feature_lens": f["attention_mask"].sum(-1)}
 
     def n_audio_tokens(self, feature_lens: torch.Tensor) -> list[int]:

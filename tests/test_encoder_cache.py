@@ -46,12 +46,33 @@ def test_one_store_per_encoder_weights_and_a_changed_encoder_gets_another():
 
 
 @pytest.mark.unit
+def test_states_computed_under_bf16_autocast_are_another_store_than_float32_ones():
+    """trainer.precision bf16-mixed: a model decoding in float32 never reads states computed under autocast (they
+    differ by bf16 rounding), and one under autocast reads those of another under autocast."""
+    enc = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    plain = shared_cache(enc, 1.0)
+    plain.states(["a", "b"], lambda rows: enc(x[rows]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = shared_cache(enc, 1.0)
+        out, hits = mixed.states(["a", "b"], lambda rows: enc(x[rows]))
+        assert mixed is not plain and hits == 0 and out.dtype == torch.bfloat16
+        assert shared_cache(copy.deepcopy(enc), 1.0) is mixed
+        assert mixed.states(["a"], lambda rows: pytest.fail("recomputed"))[1] == 1
+    assert (
+        shared_cache(enc, 1.0) is plain
+        and plain.states(["a", "b"], lambda rows: pytest.fail("recomputed"))[0].dtype == torch.float32
+    )
+
+
+@pytest.mark.unit
 def test_at_most_a_few_encoders_are_kept_least_recently_used_dropped():
     encs = [torch.nn.Linear(2, 2) for _ in range(MAX_SHARED_ENCODERS + 1)]
     first = shared_cache(encs[0], 1.0)
     for e in encs[1:]:
         shared_cache(e, 1.0)
-    assert len(_SHARED) == MAX_SHARED_ENCODERS and weights_fingerprint(encs[0]) not in _SHARED
+    assert len(_SHARED) == MAX_SHARED_ENCODERS and f"{weights_fingerprint(encs[0])}:float32" not in _SHARED
+    assert f"{weights_fingerprint(encs[1])}:float32" in _SHARED
     assert shared_cache(encs[0], 1.0) is not first
 
 

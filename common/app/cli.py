@@ -219,7 +219,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from common.app.demo import run_demo
 
-    run_demo(Path(args.out), corpus_dir=Path(args.corpus) if args.corpus else None, seeds=args.seeds)
+    run_demo(
+        Path(args.out),
+        corpus_dir=Path(args.corpus) if args.corpus else None,
+        seeds=args.seeds,
+        precision=args.precision,
+    )
     return 0
 
 
@@ -341,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=1, help="run the student stages under this many seeds (mean, range, conclusions)"
     )
     de.add_argument("--corpus", help="synthetic corpus directory (default: cache folder)")
+    de.add_argument(
+        "--precision",
+        choices=("auto", "32-true", "bf16-mixed"),
+        default="auto",
+        help="every stage's precision; auto: bf16-mixed on a CPU with native bf16 (AVX512-BF16/AMX), else 32-true",
+    )
     de.set_defaults(func=cmd_demo)
     return p
 

@@ -46,8 +46,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
 
 class _Stages:
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log, self.timings = log, {}
+    def __init__(self, log: Callable[[str], None], precision: str = "32-true") -> None:
+        self.log, self.timings, self.precision = log, {}, precision
+
+    def fit(self, config: str, overrides: list[str]) -> dict:
+        """One training stage (``configs/demo/<config>``) at the demo's precision."""
+        return _fit(config, [*overrides, f"trainer.precision={self.precision}"])
 
     def run(self, name: str, done: bool, fn: Callable[[], object]) -> None:
         if done:
@@ -69,24 +73,27 @@ def _fit(config: str, overrides: list[str]) -> dict:
 ASKD_LAYERS = 3  # the demo's ASKD students: 3 of the teacher's 4 decoder layers (configs/demo/askd_*.yaml)
 
 
-def _latency(teacher_path: str, test_manifest: str) -> dict:
-    """The teacher (4 decoder layers) vs its 3-layer student: batch 1, greedy, 32 tokens, on the first test clip."""
+def _latency(teacher_path: str, test_manifest: str, precision: str = "32-true") -> dict:
+    """The teacher (4 decoder layers) vs its 3-layer student: batch 1, greedy, 32 tokens, on the first test clip, at
+    the demo's precision."""
     import torch
 
     from common import registry
     from common.data.datamodule import cut_audio
     from common.data.manifests import load_manifest
     from common.latency import measure
+    from common.training.precision import autocast_for
     from common.whisper import load_whisper
 
     teacher, proc = load_whisper(teacher_path)
     student = registry.get("askd_whisper").build_student(teacher, ASKD_LAYERS).eval()
     cut = next(iter(load_manifest(test_manifest)[0]))
     feats = proc.feature_extractor(cut_audio(cut), sampling_rate=16000, return_tensors="pt").input_features
-    with torch.no_grad():
+    with torch.no_grad(), autocast_for(precision):
         r = measure(teacher.eval(), student, feats, n_tokens=32, repeats=3)
     return {
         **r,
+        "precision": precision,
         "ratio": r["teacher"] / r["student"],
         "decode_ratio": r["dec_teacher"] / r["dec_student"],
         "audio_seconds": cut.duration,
@@ -257,6 +264,7 @@ def demo_results(out: Path, teacher_dir: Path, timings: dict, seeds: int = 1) ->
         "opd_from_td": _opd_diagnostics(out / "ark_base_td_opd"),
     }
     environment = {
+        "precision": run_precisions(list(dirs.values())),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
@@ -276,6 +284,19 @@ def demo_results(out: Path, teacher_dir: Path, timings: dict, seeds: int = 1) ->
     if seeds > 1:
         result.update(seed_summary(out, teacher_dir, seeds))
     return result
+
+
+def run_precisions(run_dirs: list[Path]) -> list[str]:
+    """The ``trainer.precision`` values the runs were trained with (their saved config.yaml): one value unless a rerun
+    with another ``--precision`` reused stages finished at another."""
+    import yaml
+
+    found = set()
+    for d in run_dirs:
+        cfg = Path(d) / "config.yaml"
+        if cfg.is_file():
+            found.add(((yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("trainer") or {}).get("precision"))
+    return sorted(str(p) for p in found)
 
 
 def control_shares(out: Path, seeds: int = 1) -> dict:
@@ -461,17 +482,29 @@ def seed_dir(out: Path, run: str, seed: int) -> Path:
     return out / (run if seed == 0 else f"{run}_seed{seed}")
 
 
-def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], None] = print, seeds: int = 1) -> str:
+def run_demo(
+    out: Path,
+    corpus_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+    seeds: int = 1,
+    precision: str = "auto",
+) -> str:
     """``make demo``: its stages in order (each a run directory, reused when finished), then the tables. ``seeds``:
     the student stages (Ark-ASR and its controls, the ASKD students) are run under seeds 0 .. seeds-1 (training seed
     and data order), the data, teacher and teacher cache once; results.json then holds each system's mean and seed
-    range and which paired conclusions hold in every seed."""
+    range and which paired conclusions hold in every seed. ``precision`` (every stage's training, decoding and teacher
+    cache): ``auto`` is bf16-mixed on a CPU with native bf16 and 32-true elsewhere
+    (:func:`common.training.precision.demo_precision`)."""
+    from common.training.precision import demo_precision
+
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    prec = demo_precision(precision)  # start-up checks: before the run directory exists
     t_start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    st = _Stages(log)
+    st = _Stages(log, prec)
+    log(f"[demo] precision {prec} (--precision {precision}), {seeds} seed(s)")
     data = stage_data(out, st, Path(corpus_dir or default_corpus_dir()), log)
     teacher = stage_teacher(out, st, data)
     for seed in range(seeds):
@@ -481,7 +514,7 @@ def run_demo(out: Path, corpus_dir: Path | None = None, log: Callable[[str], Non
     st.run(
         "ASKD-Whisper: teacher/student latency",
         lat_file.is_file(),
-        lambda: atomic_write_json(lat_file, _latency(str(teacher.model), data.test)),
+        lambda: atomic_write_json(lat_file, _latency(str(teacher.model), data.test, prec)),
     )
     md = write_tables(out, st, teacher, ark, json.loads(lat_file.read_text()), seeds)
     log("\n" + md)
@@ -531,7 +564,7 @@ def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
     st.run(
         "teacher: tiny.en fine-tuned on its own part of the pool",
         is_complete(t.run),
-        lambda: _fit(
+        lambda: st.fit(
             "teacher_adapt.yaml", [f"data.train=[{data.parts['en_teacher']}]", data.test_sets, f"run_dir={t.run}"]
         ),
     )
@@ -545,7 +578,8 @@ def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
             load(
                 CacheConfig,
                 CONFIGS / "teacher_cache.yaml",
-                [f"manifest={data.parts['en_audio_td']}", f"out_dir={t.cache}", f"teacher.name_or_path={t.model}"],
+                [f"manifest={data.parts['en_audio_td']}", f"out_dir={t.cache}", f"teacher.name_or_path={t.model}"]
+                + [f"precision={st.precision}"],
             )
         ),
     )
@@ -581,7 +615,7 @@ def stage_ark(
         st.run(
             f"Ark-ASR: {rd.name}",
             is_complete(rd),
-            lambda c=config, e=extra, rd=rd: _fit(c, e + seeded + [f"data.test=[{data.test}]", f"run_dir={rd}"]),
+            lambda c=config, e=extra, rd=rd: st.fit(c, e + seeded + [f"data.test=[{data.test}]", f"run_dir={rd}"]),
         )
     return ark
 
@@ -593,7 +627,7 @@ def stage_askd(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, see
         st.run(
             f"ASKD-Whisper: {label}" + (f" (seed {seed})" if seed else ""),
             is_complete(rd),
-            lambda n=name, rd=rd: _fit(
+            lambda n=name, rd=rd: st.fit(
                 f"askd_{n}.yaml",
                 [f"data.train=[{data.parts['en_labelled']}]", data.test_sets, *teacher.overrides]
                 + [f"trainer.seed={seed}", f"data.seed={seed}", f"run_dir={rd}"],

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from common.audio import TARGET_SR
+from common.training.precision import without_autocast
 
 
 def whisper_prefix(tokenizer, language: Optional[str] = None, task: str = "transcribe") -> list[int]:
@@ -56,7 +57,9 @@ class WhisperCollator:
         self.eot = self.tok.convert_tokens_to_ids("<|endoftext|>")
 
     def features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.fe(list(audios), sampling_rate=TARGET_SR, return_tensors="pt").input_features  # (B, n_mels, 3000)
+        with without_autocast():
+            # (B, n_mels, 3000)
+            return self.fe(list(audios), sampling_rate=TARGET_SR, return_tensors="pt").input_features
 
     def __call__(self, audios: list[np.ndarray], texts: list[str], languages: list[str]) -> dict[str, Any]:
         batch: dict[str, Any] = {"input_features": self.features(audios)}

@@ -34,6 +34,7 @@ from common.data.manifests import load_manifest, manifest_digest
 from common.io import atomic_write_json, publish
 from common.metrics import ErrorRate, score_utterance
 from common.teachers import TeacherConfig, build_teacher
+from common.training.precision import autocast_for
 
 INDEX = "index.json"
 
@@ -68,6 +69,9 @@ class CacheConfig:
     """Generation length limit."""
     bad_sample_policy: Literal["error", "skip"] = "error"
     """Manifest validation policy."""
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    """bf16-mixed: the teacher scores and generates under bf16 autocast (the precision of the fit it serves; the
+    stored log-probs are float32 either way)."""
     audio_only: bool = False
     """The manifests are audio only (no references): transcripts are generated, nothing is scored against a reference
     (for Ark-ASR TD on untranscribed audio; the top-k at reference positions is then only the stop position)."""
@@ -115,6 +119,7 @@ def make_stamp(cfg: CacheConfig, teacher) -> dict[str, Any]:
         "shard_size": cfg.shard_size,
         "generate": cfg.generate,
         "max_new_tokens": cfg.max_new_tokens,
+        "precision": cfg.precision,
         "format": 2,
     }
 
@@ -142,7 +147,7 @@ def build_cache(
     index: dict[str, Any] = {"stamp": stamp, "shards": [], "complete": False}
     if (out / INDEX).is_file():
         index = json.loads((out / INDEX).read_text())
-        check_stamp(index["stamp"], stamp, out)
+        check_stamp({"precision": "32-true", **index["stamp"]}, stamp, out)  # caches stamped before precision: fp32
     out.mkdir(parents=True, exist_ok=True)
     done = {s["file"] for s in index["shards"] if (out / s["file"]).is_file()}
     n_shards = (len(cuts) + cfg.shard_size - 1) // cfg.shard_size
@@ -153,7 +158,8 @@ def build_cache(
         if name in done:
             continue
         shard = cuts[si * cfg.shard_size : (si + 1) * cfg.shard_size]
-        tensors, utts = _compute_shard(cfg, teacher, shard)
+        with autocast_for(cfg.precision, cfg.teacher.device):
+            tensors, utts = _compute_shard(cfg, teacher, shard)
         save_file(tensors, str(out / f".{name}.tmp"), metadata={"utts": json.dumps(utts, ensure_ascii=False)})
         publish(out / f".{name}.tmp")  # safetensors writes 0600
         (out / f".{name}.tmp").replace(out / name)

@@ -84,10 +84,19 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest
 
 
+def autocast_state(module: torch.nn.Module) -> str:
+    """The autocast dtype in force for ``module``'s device type (``float32`` when autocast is off)."""
+    p = next(module.parameters(), None)
+    dev = p.device.type if p is not None else "cpu"
+    return str(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else "float32"
+
+
 def shared_cache(encoder: torch.nn.Module, limit_mb: float) -> EncoderStateCache:
     """The process's store of ``encoder``'s states (found by :func:`weights_fingerprint`; keys: :func:`content_keys`).
-    Its budget is the largest ``limit_mb`` asked for it; at most :data:`MAX_SHARED_ENCODERS` stores are kept."""
-    key = weights_fingerprint(encoder)
+    Its budget is the largest ``limit_mb`` asked for it; at most :data:`MAX_SHARED_ENCODERS` stores are kept. States
+    computed under autocast (``trainer.precision: bf16-mixed``) are another store than float32 ones: a model reads
+    only states of the precision it runs in."""
+    key = weights_fingerprint(encoder) + ":" + autocast_state(encoder)
     cache = _SHARED.pop(key, None)
     if cache is None:  # (an empty store is falsy: it has a length)
         cache = EncoderStateCache(limit_mb)

@@ -34,6 +34,7 @@ from common.teachers.scoring import (
 )
 from common.teachers.token_map import control_token_ids
 from common.text import LANGUAGE_NAMES, detect_language
+from common.training.precision import without_autocast
 
 # Ids of the Qwen3-ASR special tokens. audio_pad (151676) is Qwen3ASRConfig.audio_token_id in transformers;
 # the others are the ids the released checkpoints use (tokenizer added tokens), asserted when built.
@@ -101,9 +102,14 @@ class Qwen3ASRTeacher:
 
     # -- inputs ---------------------------------------------------------------------------------
     def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str] | None = None) -> dict[str, Any]:
-        f = self.feature_extractor(
-            _as_numpy(audios), sampling_rate=TARGET_SR, padding=True, return_attention_mask=True, return_tensors="pt"
-        )
+        with without_autocast():
+            f = self.feature_extractor(
+                _as_numpy(audios),
+                sampling_rate=TARGET_SR,
+                padding=True,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
         mask = f["attention_mask"]
         return {
             "input_features": f["input_features"],

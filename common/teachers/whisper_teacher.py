@@ -22,6 +22,7 @@ from common.teachers.scoring import (
     vocab_mask,
 )
 from common.teachers.token_map import control_token_ids
+from common.training.precision import without_autocast
 
 
 class WhisperTeacher:
@@ -54,9 +55,10 @@ class WhisperTeacher:
         return next(self.model.parameters()).device
 
     def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
-        feats = self.processor.feature_extractor(
-            _as_numpy(audios), sampling_rate=TARGET_SR, return_tensors="pt"
-        ).input_features
+        with without_autocast():
+            feats = self.processor.feature_extractor(
+                _as_numpy(audios), sampling_rate=TARGET_SR, return_tensors="pt"
+            ).input_features
         return {"input_features": feats, "languages": list(languages)}
 
     def encode_text(self, text: str, language: str = "en") -> list[int]:

@@ -176,8 +176,10 @@ def _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_tr
 def evaluate_test_sets(
     cfg: ExperimentConfig, module: L.LightningModule, transcriber: Callable[[L.LightningModule], Any], run_dir: Path
 ) -> dict:
-    """Decode ``cfg.data.test`` with the trained model into ``run_dir/eval`` (per-utterance errors kept)."""
+    """Decode ``cfg.data.test`` with the trained model into ``run_dir/eval`` (per-utterance errors kept), at the
+    precision it trained in (``trainer.precision: bf16-mixed`` decodes under the same autocast)."""
     from common.evaluate import EvalConfig, markdown_table, run_evaluation
+    from common.training.precision import autocast_for
 
     module.eval()
     ev = EvalConfig(
@@ -187,7 +189,9 @@ def evaluate_test_sets(
         decoding=cfg.decoding,
         bad_sample_policy=cfg.data.bad_sample_policy,
     )
-    res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
+    device = next(module.parameters()).device
+    with autocast_for(cfg.trainer.precision, device):
+        res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
     return {"sets": res["sets"], "table": markdown_table(res, run_dir.name)}
 
 
