@@ -138,8 +138,11 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.n
     """Band-limited sinc resampling (torchaudio), float32 in and out."""
     if orig_sr == target_sr:
         return wave.astype(np.float32, copy=False)
+    from common.training.precision import without_autocast
+
     t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return torchaudio_functional().resample(t, orig_sr, target_sr).numpy()
+    with without_autocast():  # audio read inside an autocast region (a decoding loop) stays float32
+        return torchaudio_functional().resample(t, orig_sr, target_sr).numpy()
 
 
 def load_audio(

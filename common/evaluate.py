@@ -95,6 +95,21 @@ class Transcriber(Protocol):
     def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]: ...
 
 
+class MixedPrecisionTranscriber:
+    """A transcriber whose model calls run under ``precision``'s autocast (``bf16-mixed``: the precision a run trained
+    in); reading and collating the audio stay float32 outside it."""
+
+    def __init__(self, inner: Transcriber, precision: str, device: str | torch.device = "cpu") -> None:
+        self.inner, self.precision, self.device = inner, precision, device
+        self.name, self.max_seconds, self.collate = inner.name, inner.max_seconds, inner.collate
+
+    def transcribe(self, batch: dict[str, Any], decoding: DecodeConfig) -> list[str]:
+        from common.training.precision import autocast_for
+
+        with autocast_for(self.precision, self.device):
+            return self.inner.transcribe(batch, decoding)
+
+
 class WhisperTranscriber:
     """Any ``WhisperForConditionalGeneration`` with its processor."""
 

@@ -158,8 +158,7 @@ def build_cache(
         if name in done:
             continue
         shard = cuts[si * cfg.shard_size : (si + 1) * cfg.shard_size]
-        with autocast_for(cfg.precision, cfg.teacher.device):
-            tensors, utts = _compute_shard(cfg, teacher, shard)
+        tensors, utts = _compute_shard(cfg, teacher, shard)
         save_file(tensors, str(out / f".{name}.tmp"), metadata={"utts": json.dumps(utts, ensure_ascii=False)})
         publish(out / f".{name}.tmp")  # safetensors writes 0600
         (out / f".{name}.tmp").replace(out / name)
@@ -193,9 +192,10 @@ def _compute_shard(cfg: CacheConfig, teacher, cuts) -> tuple[dict[str, torch.Ten
         langs = [c.supervisions[0].language for c in chunk]
         batch = teacher.prepare(audios, langs)
         targets = [teacher.encode_text(r, l) for r, l in zip(refs, langs)]
-        shared = {"encoder_out": teacher.encode(batch)} if teacher.reusable_encoder else {}  # one encoder pass
-        sc = teacher.score(batch, targets, top_k=cfg.top_k, tau=cfg.tau, **shared)
-        gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens, **shared) if cfg.generate else None
+        with autocast_for(cfg.precision, cfg.teacher.device):  # the model calls only: the audio stays float32
+            shared = {"encoder_out": teacher.encode(batch)} if teacher.reusable_encoder else {}  # one encoder pass
+            sc = teacher.score(batch, targets, top_k=cfg.top_k, tau=cfg.tau, **shared)
+            gen = teacher.generate(batch, max_new_tokens=cfg.max_new_tokens, **shared) if cfg.generate else None
         for i, (c, ref, lang, tgt) in enumerate(zip(chunk, refs, langs, targets)):
             n = len(tgt)
             parts["topk_ids"].append(sc.topk_ids[i, :n].to(torch.int32).cpu())

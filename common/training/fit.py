@@ -178,8 +178,7 @@ def evaluate_test_sets(
 ) -> dict:
     """Decode ``cfg.data.test`` with the trained model into ``run_dir/eval`` (per-utterance errors kept), at the
     precision it trained in (``trainer.precision: bf16-mixed`` decodes under the same autocast)."""
-    from common.evaluate import EvalConfig, markdown_table, run_evaluation
-    from common.training.precision import autocast_for
+    from common.evaluate import EvalConfig, MixedPrecisionTranscriber, markdown_table, run_evaluation
 
     module.eval()
     ev = EvalConfig(
@@ -190,8 +189,8 @@ def evaluate_test_sets(
         bad_sample_policy=cfg.data.bad_sample_policy,
     )
     device = next(module.parameters()).device
-    with autocast_for(cfg.trainer.precision, device):
-        res = run_evaluation(ev, overwrite=True, transcriber=transcriber(module))
+    tr = MixedPrecisionTranscriber(transcriber(module), cfg.trainer.precision, device)
+    res = run_evaluation(ev, overwrite=True, transcriber=tr)
     return {"sets": res["sets"], "table": markdown_table(res, run_dir.name)}
 
 
