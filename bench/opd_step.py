@@ -8,7 +8,7 @@ its 30 s window - which says how much of the ratio is the Whisper teacher's wind
 
 The student is the tiny SFT result (runs/ark_asr/tiny/sft/student) when it exists (a trained student stops its
 rollouts; a random one runs to the length limit), else a fresh one from configs/ark_asr/tiny/opd.yaml.
-Usage: python bench/opd_step.py [--repeats 5] [--corpus DIR] [--student DIR] [--no-qwen3-asr]
+Usage: python bench/opd_step.py [--repeats 5] [--corpus DIR] [--student DIR] [--no-qwen3-asr] [--precision P]
 """
 
 from __future__ import annotations
@@ -48,20 +48,25 @@ def tiny_en_sized_qwen3_asr():
     return Qwen3ASRTeacher(Qwen3ASRForConditionalGeneration(cfg).eval(), build_qwen3_asr_tokenizer())
 
 
-def measure(module, cfg, batches) -> dict[str, float]:
-    """Medians over ``batches`` of the SFT step and the OPD step (and its parts), alternating on each batch."""
+def measure(module, cfg, batches, precision: str = "32-true") -> dict[str, float]:
+    """Medians over ``batches`` of the SFT step and the OPD step (and its parts), alternating on each batch; the
+    forward passes under ``precision``'s autocast, as Lightning runs a training step (backward outside it)."""
+    from common.training.precision import autocast_for
+
     sft_cfg = dataclasses.replace(cfg, stage="sft")
     t = {k: [] for k in ("sft", "rollout", "teacher", "rescore+loss", "backward", "opd")}
     for b in batches:
         module.cfg = sft_cfg
         t0 = time.perf_counter()
-        loss, _ = module.ce_step(b)
+        with autocast_for(precision):
+            loss, _ = module.ce_step(b)
         loss.backward()
         t["sft"].append(time.perf_counter() - t0)
         module.student.zero_grad(set_to_none=True)
         module.cfg = cfg
         t0 = time.perf_counter()
-        loss, logs = module.opd_step(b)
+        with autocast_for(precision):
+            loss, logs = module.opd_step(b)
         t1 = time.perf_counter()
         loss.backward()
         t["opd"].append(time.perf_counter() - t0)
@@ -86,13 +91,19 @@ def main() -> None:
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--student", default="runs/ark_asr/tiny/sft/student")
     ap.add_argument("--no-qwen3-asr", action="store_true", help="skip the Qwen3-ASR-architecture teacher")
+    ap.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        default="32-true",
+        help="the steps' precision (bf16-mixed: make demo's on a CPU with native bf16)",
+    )
     a = ap.parse_args()
-
     from ark_asr.config import ArkConfig
     from ark_asr.run import build
     from common.config import load
     from common.data.synth import SynthConfig, synthesize_corpus
     from common.paths import default_corpus_dir
+    from common.training.precision import autocast_for
 
     torch.manual_seed(0)
     corpus = synthesize_corpus(SynthConfig(out_dir=str(a.corpus or default_corpus_dir())), progress=False)
@@ -106,15 +117,17 @@ def main() -> None:
     module, dm, _ = build(cfg)
     it = iter(dm.train_dataloader())
     batches = [next(it) for _ in range(a.repeats)]
-    med = measure(module, cfg, batches)
+    med = measure(module, cfg, batches, a.precision)
     cached_cfg = dataclasses.replace(cfg, opd=dataclasses.replace(cfg.opd, teacher_encoder_cache_mb=4096.0))
     module.cfg = cached_cfg
     t_cached, teacher_cached = [], []
     for b in batches:  # first pass fills the cache (not timed), second is a later epoch
-        module.opd_step(b)
+        with autocast_for(a.precision):
+            module.opd_step(b)
     for b in batches:
         t0 = time.perf_counter()
-        loss, logs = module.opd_step(b)
+        with autocast_for(a.precision):
+            loss, logs = module.opd_step(b)
         loss.backward()
         t_cached.append(time.perf_counter() - t0)
         teacher_cached.append(logs["time_teacher"])
@@ -124,7 +137,8 @@ def main() -> None:
     print(
         f"tiny Ark OPD step on CPU ({'SFT-trained' if trained else 'untrained'} student, "
         f"~{n_utt:.0f} utterances/batch, "
-        f"k={cfg.opd.top_k}, rollout <= {cfg.opd.max_new_tokens} tokens, {a.repeats} batches, medians)"
+        f"k={cfg.opd.top_k}, rollout <= {cfg.opd.max_new_tokens} tokens, {a.repeats} batches, medians, "
+        f"{a.precision})"
     )
     print("\nteacher: Whisper tiny.en (real; every clip padded to its 30 s window), encoder states computed")
     table(med)
@@ -138,7 +152,7 @@ def main() -> None:
     if a.no_qwen3_asr:
         return
     q_module, _, info = build(cfg, tiny_en_sized_qwen3_asr())  # the same student (same init) and batches
-    q_med = measure(q_module, cfg, batches)
+    q_med = measure(q_module, cfg, batches, a.precision)
     print(
         "\nteacher: Qwen3-ASR architecture at tiny.en's sizes (random weights, 151,936-token vocabulary; audio encoded"
         f" at its own length; the student's vocabulary covers {info['token_map_teacher_coverage']:.0%} of its tokens)"

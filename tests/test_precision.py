@@ -58,3 +58,38 @@ def test_front_ends_under_autocast_equal_float32(whisper_tiny, teacher):
         got = feats()
     for r, g in zip(ref, got):
         assert g.dtype == torch.float32 and torch.equal(g, r)
+
+
+def test_bf16_decoding_reads_audio_of_another_rate_in_float32(whisper_tiny, tiny_corpus, tmp_path):
+    """A run trained at bf16-mixed decodes its test sets under autocast (common.training.fit.evaluate_test_sets): the
+    model calls only. A 22.05 kHz clip (resampled on reading, as the real English clips are) decodes, to the float32
+    transcript's error rate within bf16 rounding; torchaudio's resampler itself returns bf16 under autocast (which
+    numpy refuses: the failure the guard in common.audio.resample undoes)."""
+    import json
+
+    import soundfile as sf
+    import torchaudio.functional as taf
+
+    from common.audio import load_audio, resample
+    from common.evaluate import DecodeConfig, EvalConfig, MixedPrecisionTranscriber, WhisperTranscriber, run_evaluation
+
+    model, proc = whisper_tiny
+    row = json.loads((tiny_corpus / "en_test" / "manifest.jsonl").read_text().splitlines()[0])
+    wave = load_audio(tiny_corpus / "en_test" / row["audio_filepath"])
+    sf.write(tmp_path / "clip.wav", resample(wave, 16000, 22050), 22050)
+    (tmp_path / "set").mkdir()
+    manifest = tmp_path / "set" / "manifest.jsonl"
+    entry = {**row, "audio_filepath": str(tmp_path / "clip.wav")}
+    manifest.write_text(json.dumps(entry) + "\n")
+    plain = WhisperTranscriber(model.eval(), proc)
+    rates = {}
+    for name, tr in (("fp32", plain), ("bf16", MixedPrecisionTranscriber(plain, "bf16-mixed"))):
+        ev = EvalConfig(out_dir=str(tmp_path / name), sets=[str(manifest)], decoding=DecodeConfig(max_new_tokens=40))
+        res = run_evaluation(ev, transcriber=tr)["sets"]["set"]
+        assert res["n_utts"] == 1, res
+        rates[name] = res["error_rate"]
+    assert abs(rates["bf16"] - rates["fp32"]) <= 0.3, rates  # bf16 rounding moves a word or two at most
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.from_numpy(np.zeros(441, dtype=np.float32))
+        assert taf.resample(x, 22050, 16000).dtype == torch.bfloat16
+        assert resample(np.zeros(441, dtype=np.float32), 22050, 16000).dtype == np.float32
