@@ -21,6 +21,7 @@ BENCHES = [
     ("opd_step.py", []),
     ("kd_step.py", []),
     ("latency.py", []),
+    ("precision.py", []),
 ]
 
 

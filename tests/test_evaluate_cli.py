@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from common.app.cli import build_parser, main
 
 
@@ -82,3 +84,21 @@ def test_unknown_config_key_fails_before_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "unknown config key 'decoding.beams'" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_synth_refuses_a_directory_holding_another_corpus(tmp_path):
+    """A corpus directory is never overwritten by a corpus of other arguments (its audio files would be another
+    corpus's under the same names, and runs reading its manifests would train on other audio): refused in one line
+    naming the arguments, nothing touched; ``replace=True`` (the demo's own cache) re-synthesises."""
+    from common.data.synth import CorpusMismatchError, SynthConfig, synthesize_corpus
+
+    out = tmp_path / "corpus"
+    small = SynthConfig(out_dir=str(out), en_sizes=[3, 1, 1], zh_sizes=[0, 0, 0], languages=["en"])
+    synthesize_corpus(small, progress=False)
+    before = {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+    other = SynthConfig(out_dir=str(out), en_sizes=[4, 1, 1], zh_sizes=[0, 0, 0], languages=["en"], seed=1)
+    with pytest.raises(CorpusMismatchError, match=r"en_sizes, seed\)"):
+        synthesize_corpus(other, progress=False)
+    assert {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()} == before
+    synthesize_corpus(other, progress=False, replace=True)
+    assert len((out / "en_train" / "manifest.jsonl").read_text().splitlines()) == 4

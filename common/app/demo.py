@@ -533,7 +533,7 @@ def stage_data(out: Path, st: _Stages, corpus_dir: Path, log: Callable[[str], No
         "corpus (espeak-ng)",
         False,
         lambda: corpus.extend(
-            synthesize_corpus(load(SynthConfig, CONFIGS / name, [f"out_dir={d}"]))
+            synthesize_corpus(load(SynthConfig, CONFIGS / name, [f"out_dir={d}"]), replace=True)  # its own cache
             for name, d in (("synth.yaml", corpus_dir), ("synth_ood.yaml", f"{corpus_dir}_ood"))
         ),
     )

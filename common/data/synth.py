@@ -434,10 +434,19 @@ def _synth_split(split_dir: str, rows: list[dict], noise_seed: int) -> int:
     return len(out)
 
 
-def synthesize_corpus(cfg: SynthConfig, progress: bool = True, workers: int | None = None) -> Path:
+class CorpusMismatchError(ValueError):
+    """``out_dir`` holds a corpus synthesised with other arguments (it is not overwritten unless asked)."""
+
+
+def synthesize_corpus(
+    cfg: SynthConfig, progress: bool = True, workers: int | None = None, replace: bool = False
+) -> Path:
     """Write the corpus (see module doc); return ``out_dir``. Cached by the arguments.
 
-    Each (language, split) is synthesised in a fresh spawned process, ``workers`` at a time.
+    Each (language, split) is synthesised in a fresh spawned process, ``workers`` at a time. A directory that holds a
+    finished corpus of other arguments is refused (:class:`CorpusMismatchError`, naming it and the arguments that
+    differ) unless ``replace``: its audio files are another corpus's under the same names, and runs reading it would
+    train on other audio (``make demo`` replaces its own cached corpus when its config changes).
     """
 
     from tqdm import tqdm
@@ -448,8 +457,15 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True, workers: int | No
     args.pop("out_dir")
     if args["domain"] == "standard":
         args.pop("domain")  # corpora cached before the field existed stay valid
-    if stamp.is_file() and json.loads(stamp.read_text()).get("args") == args:
+    found = json.loads(stamp.read_text()).get("args") if stamp.is_file() else None
+    if found == args:
         return out
+    if found is not None and not replace:
+        diff = sorted(k for k in set(found) | set(args) if found.get(k) != args.get(k))
+        raise CorpusMismatchError(
+            f"{out} holds a corpus synthesised with other arguments ({', '.join(diff)}); "
+            "use another out_dir, or delete it to synthesise this one there"
+        )
     plan = _plan(cfg)
     workers = workers or max(1, min(len(plan), os.cpu_count() or 1))
     bar = tqdm(total=sum(len(r) for r in plan.values()), desc="synthesising", disable=not progress, unit="utt")
