@@ -93,3 +93,17 @@ def test_bf16_decoding_reads_audio_of_another_rate_in_float32(whisper_tiny, tiny
         x = torch.from_numpy(np.zeros(441, dtype=np.float32))
         assert taf.resample(x, 22050, 16000).dtype == torch.bfloat16
         assert resample(np.zeros(441, dtype=np.float32), 22050, 16000).dtype == np.float32
+
+
+@pytest.mark.unit
+def test_demo_records_the_precisions_its_runs_trained_with(tmp_path):
+    """results.json -> environment.precision: the trainer.precision of every run's saved config.yaml (two values when a
+    rerun with another --precision reused finished stages); a run without a config is not counted."""
+    from common.app.demo import run_precisions
+
+    for name, prec in (("a", "bf16-mixed"), ("b", "bf16-mixed"), ("c", "32-true")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(f"method: ark_asr\ntrainer:\n  precision: {prec}\n")
+    (tmp_path / "unfinished").mkdir()
+    assert run_precisions([tmp_path / n for n in ("a", "b", "unfinished")]) == ["bf16-mixed"]
+    assert run_precisions([tmp_path / n for n in ("a", "c")]) == ["32-true", "bf16-mixed"]
