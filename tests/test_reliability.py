@@ -638,3 +638,24 @@ def test_cli_messages_name_the_file_line_and_key(tmp_path, capsys):
     assert main(["export", "--ckpt", str(loose), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not in a run directory's checkpoints/ folder" in err and str(tmp_path.parent / "config.yaml") in err, err
+
+
+@pytest.mark.unit
+def test_a_sharded_fsdp_checkpoint_is_refused_at_start_up(tmp_path, capsys):
+    """trainer.fsdp.state_dict_type: sharded under fsdp / fsdp2 would write last.ckpt as a folder of shards, which the
+    run's final evaluation and --resume cannot read: one line at config load, before any run directory exists; the
+    key is harmless (unused) under ddp."""
+    from common.app.cli import main
+    from common.training.config import FSDPConfig, TrainerConfig
+
+    for strategy in ("fsdp", "fsdp2"):
+        with pytest.raises(ValueError, match="state_dict_type: sharded is not supported"):
+            TrainerConfig(strategy=strategy, fsdp=FSDPConfig(state_dict_type="sharded"))
+    assert TrainerConfig(strategy="ddp", fsdp=FSDPConfig(state_dict_type="sharded")).strategy == "ddp"
+    run = tmp_path / "run"
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "ark_asr" / "tiny" / "sft.yaml"
+    sharded = ["trainer.strategy=fsdp2", "trainer.fsdp.state_dict_type=sharded"]
+    rc = main(["fit", "-c", str(cfg), *sharded, f"run_dir={run}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and not run.exists()
+    assert len(err) == 1 and "trainer.fsdp.state_dict_type: sharded" in err[0], err

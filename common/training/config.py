@@ -36,7 +36,8 @@ class FSDPConfig:
     sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
     """torch FSDP sharding strategy."""
     state_dict_type: Literal["full", "sharded"] = "full"
-    """full: one consolidated checkpoint that loads under any strategy / world size; sharded: per-rank files."""
+    """full: one consolidated checkpoint that loads under any strategy / world size; sharded (per-rank files) is refused
+    at start-up under fsdp / fsdp2 for now (the final evaluation and --resume read one file)."""
     cpu_offload: bool = False
     """Offload parameters to CPU between uses."""
 
@@ -104,3 +105,9 @@ class TrainerConfig:
             raise ValueError("trainer.progress_every_n_steps and log_every_n_steps must be >= 1")
         if self.last_ckpt_every_minutes is not None and self.last_ckpt_every_minutes <= 0:
             raise ValueError("trainer.last_ckpt_every_minutes must be > 0 (or null)")
+        if self.strategy in ("fsdp", "fsdp2") and self.fsdp.state_dict_type == "sharded":
+            raise ValueError(
+                "trainer.fsdp.state_dict_type: sharded is not supported yet: a sharded checkpoint is a folder of "
+                "per-rank shards, and the run's final evaluation and --resume read checkpoints/last.ckpt as one file; "
+                "use full (the default: one file that loads under FSDP2, FSDP1, DDP or one process)"
+            )
