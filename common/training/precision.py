@@ -26,8 +26,8 @@ def autocast_for(precision: str, device: str | torch.device = "cpu") -> contextl
 
 def cpu_has_native_bf16() -> bool:
     """True where this CPU computes bf16 matrix products natively (x86: AVX512-BF16 or AMX, what oneDNN checks):
-    bf16 autocast then runs the encoders about 2x and a training step about 1.4x faster than float32
-    (docs/RESULTS.md#demo-precision); elsewhere bf16 is emulated and slower than float32."""
+    bf16 autocast then runs the 30 s Whisper encoder pass 2.5x and an Ark SFT step of the demo 1.2x faster than
+    float32 (``bench/precision.py``, docs/RESULTS.md#demo-precision); elsewhere bf16 is emulated and slower."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
