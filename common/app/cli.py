@@ -224,7 +224,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         corpus_dir=Path(args.corpus) if args.corpus else None,
         seeds=args.seeds,
         precision=args.precision,
-        jobs=None if args.jobs == "auto" else int(args.jobs),
     )
     return 0
 
@@ -352,13 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "32-true", "bf16-mixed"),
         default="auto",
         help="every stage's precision; auto: bf16-mixed on a CPU with native bf16 (AVX512-BF16/AMX), else 32-true",
-    )
-    de.add_argument(
-        "--jobs",
-        choices=("auto", "1", "2"),
-        default="auto",
-        help="2: the teacher chain and the Ark-ASR chain in two processes (half the CPUs each); "
-        "1: one stage at a time; auto: 2 with >= 2 CPUs",
     )
     de.set_defaults(func=cmd_demo)
     return p

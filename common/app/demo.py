@@ -46,10 +46,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
 
 class _Stages:
-    def __init__(
-        self, log: Callable[[str], None], precision: str = "32-true", on_start: Callable[[str], None] | None = None
-    ) -> None:
-        self.log, self.timings, self.precision, self.on_start = log, {}, precision, on_start
+    def __init__(self, log: Callable[[str], None], precision: str = "32-true") -> None:
+        self.log, self.timings, self.precision = log, {}, precision
 
     def fit(self, config: str, overrides: list[str]) -> dict:
         """One training stage (``configs/demo/<config>``) at the demo's precision."""
@@ -60,8 +58,6 @@ class _Stages:
             self.log(f"[demo] {name}: finished earlier, reused")
             return
         self.log(f"[demo] {name} ...")
-        if self.on_start is not None:
-            self.on_start(name)
         t0 = time.time()
         fn()
         self.timings[name] = round(time.time() - t0, 1)
@@ -269,7 +265,6 @@ def demo_results(out: Path, teacher_dir: Path, timings: dict, seeds: int = 1) ->
     }
     environment = {
         "precision": run_precisions(list(dirs.values())),
-        "stage_threads": run_threads(list(dirs.values())),  # per training stage (--jobs 2: two stages at a time)
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
@@ -302,19 +297,6 @@ def run_precisions(run_dirs: list[Path]) -> list[str]:
         if cfg.is_file():
             found.add(((yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("trainer") or {}).get("precision"))
     return sorted(str(p) for p in found)
-
-
-def run_threads(run_dirs: list[Path]) -> list[int]:
-    """The torch thread counts the runs trained with (their summary.json): 1 per stage on 2 CPUs with ``--jobs 2``,
-    2 with ``--jobs 1``; two values when a rerun with other ``--jobs`` reused finished stages."""
-    found = set()
-    for d in run_dirs:
-        summary = Path(d) / "summary.json"
-        if summary.is_file():
-            threads = json.loads(summary.read_text(encoding="utf-8")).get("torch_threads")
-            if threads is not None:
-                found.add(int(threads))
-    return sorted(found)
 
 
 def control_shares(out: Path, seeds: int = 1) -> dict:
@@ -495,11 +477,6 @@ class DemoTeacher:
         return [f"teacher.name_or_path={self.model}"]
 
 
-def demo_teacher(out: Path) -> DemoTeacher:
-    """Where the teacher stages write (their run directory, the exported model, the TD part's cache)."""
-    return DemoTeacher(out / "teacher_adapt", out / "teacher_model", out / "teacher_cache")
-
-
 def seed_dir(out: Path, run: str, seed: int) -> Path:
     """The run directory of a student stage under a seed: seed 0 is the plain name (what ``make demo`` runs)."""
     return out / (run if seed == 0 else f"{run}_seed{seed}")
@@ -511,85 +488,38 @@ def run_demo(
     log: Callable[[str], None] = print,
     seeds: int = 1,
     precision: str = "auto",
-    jobs: int | None = None,
 ) -> str:
-    """``make demo``: its stages (each a run directory, reused when finished), then the tables. ``seeds``: the student
-    stages (Ark-ASR and its controls, the ASKD students) are run under seeds 0 .. seeds-1 (training seed and data
-    order), the data, teacher and teacher cache once; results.json then holds each system's mean and seed range and
-    which paired conclusions hold in every seed. ``precision`` (every stage's training, decoding and teacher cache):
-    ``auto`` is bf16-mixed on a CPU with native bf16 and 32-true elsewhere
-    (:func:`common.training.precision.demo_precision`). ``jobs``: 2 runs the teacher chain (adaptation, cache, ASKD
-    students) and the Ark-ASR chain (TD and OPD wait for the teacher) in two processes of half the CPUs' threads each
-    (:mod:`common.app.lanes`), 1 runs every stage in this process in order; None: 2 where there are >= 2 CPUs."""
-    from common.app.lanes import available_cpus
+    """``make demo``: its stages in order (each a run directory, reused when finished), then the tables. ``seeds``:
+    the student stages (Ark-ASR and its controls, the ASKD students) are run under seeds 0 .. seeds-1 (training seed
+    and data order), the data, teacher and teacher cache once; results.json then holds each system's mean and seed
+    range and which paired conclusions hold in every seed. ``precision`` (every stage's training, decoding and teacher
+    cache): ``auto`` is bf16-mixed on a CPU with native bf16 and 32-true elsewhere
+    (:func:`common.training.precision.demo_precision`)."""
     from common.training.precision import demo_precision
 
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if jobs is not None and jobs not in (1, 2):
-        raise ValueError(f"--jobs must be 1 or 2 (the demo has two chains of stages), got {jobs}")
     prec = demo_precision(precision)  # start-up checks: before the run directory exists
-    cpus = available_cpus()
-    jobs = jobs or (2 if cpus >= 2 else 1)
     t_start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     st = _Stages(log, prec)
-    log(f"[demo] precision {prec} (--precision {precision}), {seeds} seed(s), {jobs} job(s)")
+    log(f"[demo] precision {prec} (--precision {precision}), {seeds} seed(s)")
     data = stage_data(out, st, Path(corpus_dir or default_corpus_dir()), log)
-    teacher = demo_teacher(out)
-    if jobs == 1:
-        _teacher_chain(out, st, data, seeds, lambda: None)
-        _ark_chain(out, st, data, seeds, lambda: None)
-    else:
-        from common.app.lanes import Lane, run_lanes
-
-        args = (out, data, prec, seeds)
-        lanes = [Lane("teacher", _teacher_lane, args), Lane("ark", _ark_lane, args)]
-        for timings in run_lanes(lanes, log, threads=max(1, cpus // 2), events=("teacher",)).values():
-            st.timings.update(timings)
+    teacher = stage_teacher(out, st, data)
+    for seed in range(seeds):
+        ark = stage_ark(out, st, data, teacher, seed)
+        stage_askd(out, st, data, teacher, seed)
     lat_file = out / "latency.json"
     st.run(
         "ASKD-Whisper: teacher/student latency",
         lat_file.is_file(),
         lambda: atomic_write_json(lat_file, _latency(str(teacher.model), data.test, prec)),
     )
-    if any(not k.startswith("corpus") for k in st.timings):  # stages ran (not a rerun that only rebuilds the tables)
-        st.timings["wall (the last run that ran stages)"] = round(time.time() - t_start, 1)
-    md = write_tables(out, st, teacher, ark_stages(out, data, teacher), json.loads(lat_file.read_text()), seeds)
+    md = write_tables(out, st, teacher, ark, json.loads(lat_file.read_text()), seeds)
     log("\n" + md)
     log(f"results written to {out / 'results.md'} (and results.tex); this run took {time.time() - t_start:.0f} s")
     return md
-
-
-def _teacher_chain(out: Path, st: _Stages, data: DemoData, seeds: int, teacher_ready: Callable[[], None]) -> None:
-    """The adapted teacher and its cache (then ``teacher_ready()``), then the ASKD students of every seed."""
-    teacher = stage_teacher(out, st, data)
-    teacher_ready()
-    for seed in range(seeds):
-        stage_askd(out, st, data, teacher, seed)
-
-
-def _ark_chain(out: Path, st: _Stages, data: DemoData, seeds: int, wait_teacher: Callable[[], None]) -> None:
-    """Ark-Base and its teacher-free controls of every seed, then (after ``wait_teacher()``) TD and OPD."""
-    teacher = demo_teacher(out)
-    for seed in range(seeds):
-        stage_ark(out, st, data, teacher, seed, with_teacher=False)
-    wait_teacher()
-    for seed in range(seeds):
-        stage_ark(out, st, data, teacher, seed, with_teacher=True)
-
-
-def _teacher_lane(ctx, out: Path, data: DemoData, precision: str, seeds: int) -> dict:
-    st = _Stages(ctx.log, precision, on_start=ctx.start)
-    _teacher_chain(out, st, data, seeds, lambda: ctx.signal("teacher"))
-    return st.timings
-
-
-def _ark_lane(ctx, out: Path, data: DemoData, precision: str, seeds: int) -> dict:
-    st = _Stages(ctx.log, precision, on_start=ctx.start)
-    _ark_chain(out, st, data, seeds, lambda: ctx.wait("teacher"))
-    return st.timings
 
 
 def stage_data(out: Path, st: _Stages, corpus_dir: Path, log: Callable[[str], None]) -> DemoData:
@@ -630,7 +560,7 @@ def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
     from common.config import load
     from common.teachers.cache import CacheConfig, build_cache
 
-    t = demo_teacher(out)
+    t = DemoTeacher(out / "teacher_adapt", out / "teacher_model", out / "teacher_cache")
     st.run(
         "teacher: tiny.en fine-tuned on its own part of the pool",
         is_complete(t.run),
@@ -656,40 +586,38 @@ def stage_teacher(out: Path, st: _Stages, data: DemoData) -> DemoTeacher:
     return t
 
 
-def ark_stages(
-    out: Path, data: DemoData, teacher: DemoTeacher, seed: int = 0
-) -> list[tuple[str, str, list[str], bool]]:
-    """Ark-ASR's stages of one seed, in the tables' order: (run, config, overrides, needs the teacher). Each starts
-    from the same seed's predecessor."""
+def stage_ark(
+    out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, seed: int = 0
+) -> list[tuple[str, str, list[str]]]:
+    """Ark-ASR: SFT on the labelled part, TD and OPD (from Base and from +TD) on audio only, and OPD's two controls
+    (one chain per seed: each stage starts from the same seed's predecessor)."""
     base, td = seed_dir(out, "ark_base_sft", seed), seed_dir(out, "ark_base_td", seed)
     opd_data = f"data.train=[{data.parts['en_audio_opd']}]"
-    labelled = f"data.train=[{data.parts['en_labelled']}]"
-    td_data = f"data.train=[{data.parts['en_audio_td']}]"
-    return [
-        ("ark_base_sft", "ark_sft.yaml", [labelled], False),
-        ("ark_base_td", "ark_td.yaml", [td_data, f"model.init_from={base}", f"teacher_cache={teacher.cache}"], True),
-        ("ark_base_opd", "ark_opd.yaml", [opd_data, f"model.init_from={base}", *teacher.overrides], True),
-        ("ark_base_td_opd", "ark_opd.yaml", [opd_data, f"model.init_from={td}", *teacher.overrides], True),
-        ("ark_base_self", "ark_self.yaml", [opd_data, f"model.init_from={base}"], False),  # controls: no teacher
-        ("ark_base_sft_more", "ark_sft_more.yaml", [labelled, f"model.init_from={base}"], False),
+    ark = [
+        ("ark_base_sft", "ark_sft.yaml", [f"data.train=[{data.parts['en_labelled']}]"]),
+        (
+            "ark_base_td",
+            "ark_td.yaml",
+            [f"data.train=[{data.parts['en_audio_td']}]", f"model.init_from={base}", f"teacher_cache={teacher.cache}"],
+        ),
+        ("ark_base_opd", "ark_opd.yaml", [opd_data, f"model.init_from={base}", *teacher.overrides]),
+        ("ark_base_td_opd", "ark_opd.yaml", [opd_data, f"model.init_from={td}", *teacher.overrides]),
+        ("ark_base_self", "ark_self.yaml", [opd_data, f"model.init_from={base}"]),  # controls: OPD without a teacher
+        (
+            "ark_base_sft_more",
+            "ark_sft_more.yaml",
+            [f"data.train=[{data.parts['en_labelled']}]", f"model.init_from={base}"],
+        ),
     ]
-
-
-def stage_ark(
-    out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, seed: int = 0, with_teacher: bool | None = None
-) -> None:
-    """Ark-ASR: SFT on the labelled part, TD and OPD (from Base and from +TD) on audio only, and OPD's two controls;
-    ``with_teacher`` True / False: only the stages that need / do not need the teacher (None: all)."""
     seeded = [f"trainer.seed={seed}", f"data.seed={seed}"]
-    for run, config, extra, needs_teacher in ark_stages(out, data, teacher, seed):
-        if with_teacher is not None and needs_teacher != with_teacher:
-            continue
+    for run, config, extra in ark:
         rd = seed_dir(out, run, seed)
         st.run(
             f"Ark-ASR: {rd.name}",
             is_complete(rd),
             lambda c=config, e=extra, rd=rd: st.fit(c, e + seeded + [f"data.test=[{data.test}]", f"run_dir={rd}"]),
         )
+    return ark
 
 
 def stage_askd(out: Path, st: _Stages, data: DemoData, teacher: DemoTeacher, seed: int = 0) -> None:
@@ -717,8 +645,8 @@ def write_tables(out: Path, st: _Stages, teacher: DemoTeacher, ark: list, lat: d
         r = run_row(out / f"askd_{name}", label)
         r.extra = {"decoder layers": str(ASKD_LAYERS), "speed-up vs teacher": f"{lat['ratio']:.2f}x"}
         rows_a.append(r)
-    rows_b = [run_row(out / run, ARK_LABELS[run]) for run, *_ in ark] + [run_row(teacher.run, TEACHER_LABEL)]
-    for r, (run, *_) in zip(rows_b, ark):
+    rows_b = [run_row(out / run, ARK_LABELS[run]) for run, _, _ in ark] + [run_row(teacher.run, TEACHER_LABEL)]
+    for r, (run, _, _) in zip(rows_b, ark):
         s = json.loads((out / run / "summary.json").read_text())
         r.extra = {"steps": str(s["steps"])}
     rows_b[-1].extra = {"steps": "-"}
