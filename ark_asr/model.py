@@ -541,13 +541,16 @@ def _release_student(path: Path, cfg: dict[str, Any], tok) -> ArkStudent:
 
     from ark_asr.release import ReleaseError, release_feature_extractor, text_config
 
+    for key in ("use_rope", "merge_factor"):  # the encoder's positions and the frame merge are read, never guessed
+        if key not in cfg:
+            raise ReleaseError(f"{path}: config.json has no {key}")
     wcfg = WhisperConfig(**cfg["whisper_config"])
     fe = release_feature_extractor(path, wcfg.num_mel_bins)
     model_cfg = ArkModelConfig(
         encoder=str(path),
-        encoder_positions="rope_released" if cfg.get("use_rope", True) else "absolute",
+        encoder_positions="rope_released" if cfg["use_rope"] else "absolute",
         drop_final_layernorm=True,
-        merge=int(cfg.get("merge_factor", 4)),
+        merge=int(cfg["merge_factor"]),
         llm=str(path),
         tokenizer="llm",
         init_from=None,

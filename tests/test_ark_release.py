@@ -186,6 +186,9 @@ def test_each_bad_release_directory_is_one_line_before_any_work(release, tiny_co
     d = _variant(release, tmp_path, "shape")
     (d / "config.json").write_text(json.dumps({**cfg, "merge_factor": 2}))
     cases[d] = "tensor audio_encoder.adapting.0.weight has shape"
+    d = _variant(release, tmp_path, "no_rope_field")
+    (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "use_rope"}))
+    cases[d] = "config.json has no use_rope"
     d = _variant(release, tmp_path, "tokenizer")
     plain = release_tokenizer()
     for f in d.glob("tokenizer*"):
