@@ -22,6 +22,7 @@ BENCHES = [
     ("kd_step.py", []),
     ("latency.py", []),
     ("precision.py", []),
+    ("cross_entropy.py", []),
 ]
 
 

@@ -32,7 +32,10 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[
     L = sum_t w_t * (-log softmax(z_t)[y_t]) / #valid.
     """
     mask = labels != -100
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, T)
+    # over (B*T, V) rows: the class dimension last (a (B, V, T) view would be copied to that layout, ~3x slower)
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
+    ).view(labels.shape)  # (B, T)
     if weights is not None:
         nll = nll * weights
     return _token_mean(nll, mask)
