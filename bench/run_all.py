@@ -23,6 +23,7 @@ BENCHES = [
     ("latency.py", []),
     ("precision.py", []),
     ("cross_entropy.py", []),
+    ("optim_step.py", []),
 ]
 
 
