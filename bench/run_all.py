@@ -24,6 +24,7 @@ BENCHES = [
     ("precision.py", []),
     ("cross_entropy.py", []),
     ("optim_step.py", []),
+    ("train_step.py", []),
 ]
 
 
