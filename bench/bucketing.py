@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from bench_corpus import bilingual_corpus  # bench/ (the script's directory)
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
 from common.data.manifests import load_manifest
-from common.paths import default_corpus_dir
 
 
 def padding_fraction(sampler) -> tuple[float, int]:
@@ -29,13 +29,11 @@ def padding_fraction(sampler) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default=None, help="synthetic corpus dir (default: the demo's, synthesised if absent)")
+    ap.add_argument("--corpus", default=None, help="synthetic corpus dir (default: the cache's synth/default)")
     ap.add_argument("--batch-seconds", type=float, default=60.0)
     ap.add_argument("--buckets", type=int, default=8)
     args = ap.parse_args()
-    from common.data.synth import SynthConfig, synthesize_corpus
-
-    corpus = synthesize_corpus(SynthConfig(out_dir=str(args.corpus or default_corpus_dir())))
+    corpus = bilingual_corpus(args.corpus)
     rows = []
     for lang in ("en", "zh"):
         cuts, _ = load_manifest(corpus / f"{lang}_train" / "manifest.jsonl")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_corpus import demo_corpus  # bench/ (the script's directory)
 
 
 def tiny_en_sized_qwen3_asr():
@@ -101,12 +102,10 @@ def main() -> None:
     from ark_asr.config import ArkConfig
     from ark_asr.run import build
     from common.config import load
-    from common.data.synth import SynthConfig, synthesize_corpus
-    from common.paths import default_corpus_dir
     from common.training.precision import autocast_for
 
     torch.manual_seed(0)
-    corpus = synthesize_corpus(SynthConfig(out_dir=str(a.corpus or default_corpus_dir())), progress=False)
+    corpus = demo_corpus(a.corpus)
     trained = (Path(a.student) / "ark_config.json").is_file()
     over = [f"data.train=[{corpus}/en_train/manifest.jsonl]", "data.dev=[]", "data.test=[]", "run_dir=/tmp/unused"]
     if trained:

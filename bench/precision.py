@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from bench_corpus import demo_corpus  # bench/ (the script's directory)
 
 
 def _median_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
@@ -36,8 +37,6 @@ def main() -> None:
     from ark_asr.config import ArkConfig
     from ark_asr.run import build
     from common.config import load
-    from common.data.synth import SynthConfig, synthesize_corpus
-    from common.paths import default_corpus_dir
     from common.training.precision import autocast_for, cpu_has_native_bf16
     from common.whisper import load_whisper
 
@@ -59,7 +58,7 @@ def main() -> None:
     print(f"| tiny.en encoder, 8 clips x 30 s | {f32:.3f} | {b16:.3f} | {f32 / b16:.2f} |")
     ratios = [f"ratio: tiny.en encoder pass float32 / bf16-mixed = {f32 / b16:.2f} (relative state error {rel:.4f})"]
 
-    corpus = synthesize_corpus(SynthConfig(out_dir=str(a.corpus or default_corpus_dir())), progress=False)
+    corpus = demo_corpus(a.corpus)
     cfg = load(
         ArkConfig,
         "configs/demo/ark_sft.yaml",

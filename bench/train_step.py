@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_corpus import demo_corpus  # bench/ (the script's directory)
 
 
 def _old_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,15 +38,12 @@ def main() -> None:
     from askd_whisper.config import AskdConfig
     from askd_whisper.run import build as build_askd
     from common.config import load
-    from common.data.synth import SynthConfig, synthesize_corpus
     from common.losses import cross_entropy
-    from common.paths import default_corpus_dir
     from common.training.optim import configure_optim
     from common.training.precision import autocast_for, demo_precision
 
     prec = demo_precision("auto")
-    synth = load(SynthConfig, "configs/demo/synth.yaml", [f"out_dir={a.corpus or default_corpus_dir()}"])
-    corpus = synthesize_corpus(synth, progress=False)  # the demo's corpus (synthesised once, cached)
+    corpus = demo_corpus(a.corpus)
     train = [f"data.train=[{corpus}/en_train/manifest.jsonl]", "data.test=[]", "run_dir=/tmp/unused"]
     print(f"{torch.get_num_threads()} threads, {prec}\n")
     print("| step | (a) before s | (b) now s | (a) / (b) |\n|---|---|---|---|")
