@@ -15,14 +15,8 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from bench_corpus import demo_corpus  # bench/ (the script's directory)
-
-
-def _old_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    mask = labels != -100
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
-    return (nll * mask).sum() / mask.sum().clamp(min=1)
+from cross_entropy import view_cross_entropy  # bench/cross_entropy.py: the layout before
 
 
 def main() -> None:
@@ -49,12 +43,12 @@ def main() -> None:
     print("| step | (a) before s | (b) now s | (a) / (b) |\n|---|---|---|---|")
     ratios = []
 
-    def compare(name, module, params, cfg, step_fn, patch_target, batches):
+    def compare(name, params, cfg, step_fn, patch_target, batches):
         opts = {
-            "a": torch.optim.AdamW(params, lr=1e-5, foreach=False),
+            "a": torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), foreach=False),
             "b": configure_optim(params, cfg.optim, 100)["optimizer"],
         }
-        losses = {"a": _old_ce, "b": cross_entropy}
+        losses = {"a": view_cross_entropy, "b": cross_entropy}
         times = {"a": [], "b": []}
         for i in range(a.repeats + 1):
             b = batches[i % len(batches)]
@@ -78,7 +72,7 @@ def main() -> None:
     it = iter(dm.train_dataloader())
     batches = [next(it) for _ in range(3)]
     params = [p for p in module.student.parameters() if p.requires_grad]
-    compare("Ark-ASR SFT (demo)", module, params, cfg, lambda b: module.ce_step(b)[0], ark_module, batches)
+    compare("Ark-ASR SFT (demo)", params, cfg, lambda b: module.ce_step(b)[0], ark_module, batches)
 
     cfg = load(AskdConfig, "configs/demo/askd_ce_only.yaml", train)
     module, dm, _ = build_askd(cfg)
@@ -92,7 +86,6 @@ def main() -> None:
     params = [p for p in module.student.parameters() if p.requires_grad]
     compare(
         "ASKD-Whisper CE-only student (demo)",
-        module,
         params,
         cfg,
         lambda b: module.training_step(b, 0),

@@ -51,6 +51,7 @@ def configure_optim(params, cfg: OptimConfig, total_steps: int) -> dict[str, Any
     # A fused AdamW says it unscales fp16 gradients inside its kernel; Lightning's mixed-precision plugins then refuse
     # gradient clipping (trainer.gradient_clip_val) outright, bf16-mixed included. Declining that lets the scaler
     # unscale before the step (and clip): the fused update is the same, only the fp16 unscale is not fused.
-    opt._step_supports_amp_scaling = False
+    if opt.defaults.get("fused"):
+        opt._step_supports_amp_scaling = False
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
