@@ -176,7 +176,8 @@ class ArkModule(L.LightningModule):
         :class:`~common.teachers.encoder_cache.EncoderStateCache` (``opd.teacher_encoder_cache_mb``): inputs encoded in
         an earlier step (or by another model of this process with the same encoder) come from memory. Returns the
         states and the number of cache hits."""
-        prepared = self.teacher.prepare(batch["audios"], langs)  # features: cheap beside the encoder pass
+        # its features too are kept per clip (the same budget, a store of their own): a hit costs neither
+        prepared = self.teacher.prepare(batch["audios"], langs, feature_cache_mb=self.cfg.opd.teacher_encoder_cache_mb)
         feats = prepared["input_features"]
 
         def compute(rows: list[int]) -> torch.Tensor:

@@ -33,11 +33,8 @@ def build(cfg: AskdConfig, teacher: Optional[Teacher] = None) -> tuple[AskdModul
         src, _ = load_whisper(cfg.teacher.name_or_path, dtype=torch.float32)
         student = build_student(src, cfg.student.n_decoder_layers, cfg.student.freeze_encoder)
         del src
-    dm = AudioDataModule(
-        cfg.data,
-        WhisperCollator(teacher.processor),
-        WhisperCollator(teacher.processor),  # dev batches: labels too
-    )
+    collate = WhisperCollator(teacher.processor, feature_cache_mb=cfg.encoder_cache_mb)  # features kept with states
+    dm = AudioDataModule(cfg.data, collate, collate)  # dev batches: labels too
     dm.setup("fit")
     info: dict[str, Any] = {}
     cache = None

@@ -249,9 +249,14 @@ def evaluate_set(transcriber: Transcriber, cuts, cfg: EvalConfig, name: str, out
             f"(e.g. {too_long[0].id}, {too_long[0].duration:.1f} s); see {out / name / 'skipped.tsv'}",
             flush=True,
         )
+    from common.data.collate import WhisperCollator
+
+    collate = transcriber.collate
+    if cfg.decoding.encoder_cache_mb and isinstance(collate, WhisperCollator):  # the clips' features kept with states
+        collate = collate.with_feature_cache(cfg.decoding.encoder_cache_mb)
     loader = eval_loader(
         cuts,
-        transcriber.collate,
+        collate,
         cfg.decoding.batch_seconds,
         cfg.bad_sample_policy,
         cfg.num_workers,

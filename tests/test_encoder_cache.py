@@ -94,7 +94,8 @@ def test_decoding_reads_the_states_another_model_with_the_same_encoder_computed(
     def decode(m, mb):
         tr = WhisperTranscriber(m, proc)
         return tr.transcribe(
-            tr.collate(audios, [r["text"] for r in rows], ["en"] * 3), DecodeConfig(40, encoder_cache_mb=mb)
+            tr.collate(audios, [r["text"] for r in rows], ["en"] * 3),
+            DecodeConfig(max_new_tokens=40, encoder_cache_mb=mb),
         )
 
     plain = {"teacher": decode(model, 0), "student": decode(student, 0)}
@@ -105,3 +106,67 @@ def test_decoding_reads_the_states_another_model_with_the_same_encoder_computed(
     assert decode(student, 100) == plain["student"] and len(calls) == 1 and len(store) == 3  # no second encoder pass
     with pytest.raises(ValueError, match="encoder_cache_mb must be >= 0"):
         DecodeConfig(encoder_cache_mb=-1)
+
+
+@pytest.mark.unit
+def test_log_mel_features_kept_per_clip_equal_the_computed_ones_in_any_batch(whisper_tiny):
+    """whisper_log_mel with a budget: each clip's 30 s features are computed once and kept; a later batch that mixes
+    kept and new clips, in another order, equals the features computed for that batch (bytes, not a tolerance)."""
+    import numpy as np
+
+    from common.data.collate import WhisperCollator, whisper_log_mel
+    from common.teachers.encoder_cache import _FEATURES
+
+    fe = whisper_tiny[1].feature_extractor
+    rng = np.random.default_rng(0)
+    a = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 41000, 8000, 23000)]
+    first = whisper_log_mel(fe, a[:3], cache_mb=100)
+    assert torch.equal(first, whisper_log_mel(fe, a[:3])) and first.shape == (3, fe.feature_size, 3000)
+    (store,) = _FEATURES.values()
+    assert len(store) == 3
+    mixed = [a[2], a[3], a[0]]
+    assert torch.equal(whisper_log_mel(fe, mixed, cache_mb=100), whisper_log_mel(fe, mixed)) and len(store) == 4
+    assert not torch.equal(first[0], first[1])  # the clips differ, so a wrong row would be seen
+    # a collator and its feature-keeping copy give the same batch; the original keeps nothing
+    col = WhisperCollator(whisper_tiny[1], with_labels=False)
+    kept = col.with_feature_cache(100)
+    assert col.feature_cache_mb == 0 and kept.feature_cache_mb == 100
+    assert torch.equal(kept(a[:2], ["", ""], ["en"] * 2)["input_features"], first[:2])
+
+
+@pytest.mark.unit
+def test_no_features_kept_without_a_budget_for_a_dithering_front_end_or_past_the_budget(whisper_tiny):
+    import copy as _copy
+
+    import numpy as np
+
+    from common.data.collate import whisper_log_mel
+    from common.teachers.encoder_cache import _FEATURES
+
+    fe = whisper_tiny[1].feature_extractor
+    a = [np.full(16000, 0.01, np.float32), np.linspace(-0.1, 0.1, 16000, dtype=np.float32)]
+    whisper_log_mel(fe, a)
+    assert not _FEATURES  # no budget: no store
+    dithering = _copy.deepcopy(fe)
+    dithering.dither = 1.0  # random noise added per call: a kept copy would not be what a new call gives
+    whisper_log_mel(dithering, a, cache_mb=100)
+    assert not _FEATURES
+    other = _copy.deepcopy(fe)
+    other.feature_size, other.mel_filters = 40, fe.mel_filters[:, :40]  # another front end: another store
+    whisper_log_mel(fe, a, cache_mb=1.5)  # one clip's 80 x 3000 float32 features (0.92 MB) fit, the second not
+    whisper_log_mel(other, a[:1], cache_mb=100)
+    small, big = _FEATURES.values()
+    assert len(small) == 1 and len(big) == 1 and small is not big
+
+
+@pytest.mark.unit
+def test_the_whisper_teacher_keeps_its_features_only_when_asked(teacher):
+    import numpy as np
+
+    from common.teachers.encoder_cache import _FEATURES
+
+    a = [np.linspace(-0.2, 0.2, 24000, dtype=np.float32)]
+    plain = teacher.prepare(a, ["en"])["input_features"]
+    assert not _FEATURES
+    assert torch.equal(teacher.prepare(a, ["en"], feature_cache_mb=10)["input_features"], plain)
+    assert [len(s) for s in _FEATURES.values()] == [1]

@@ -49,8 +49,12 @@ class Teacher(Protocol):
     tokenizer: Any
     processor: Any
 
-    def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
-        """Audio -> the teacher's own input features (its processor)."""
+    def prepare(
+        self, audios: Sequence[np.ndarray], languages: Sequence[str], feature_cache_mb: float = 0.0
+    ) -> dict[str, Any]:
+        """Audio -> the teacher's own input features (its processor). ``feature_cache_mb``: a teacher whose front end
+        gives a clip the same features in any batch (Whisper's fixed 30 s window) keeps them per clip in the process's
+        store (``common.data.collate.whisper_log_mel``); one that pads to the batch ignores it."""
 
     def encode_text(self, text: str, language: str) -> list[int]:
         """A transcript -> target ids in the teacher vocabulary, ending with the teacher's stop token."""

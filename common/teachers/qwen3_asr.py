@@ -101,7 +101,11 @@ class Qwen3ASRTeacher:
         return cls(model, proc.tokenizer, proc.feature_extractor, device, dtype)
 
     # -- inputs ---------------------------------------------------------------------------------
-    def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str] | None = None) -> dict[str, Any]:
+    def prepare(
+        self, audios: Sequence[np.ndarray], languages: Sequence[str] | None = None, feature_cache_mb: float = 0.0
+    ) -> dict[str, Any]:
+        """Features padded to the batch's longest clip (so a clip's depend on its batch: ``feature_cache_mb`` keeps
+        nothing here) and their mask."""
         with without_autocast():
             f = self.feature_extractor(
                 _as_numpy(audios),

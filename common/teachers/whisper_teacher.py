@@ -8,9 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.audio import TARGET_SR
-from common.audio import as_numpy as _as_numpy
-from common.data.collate import is_multilingual, whisper_prefix, whisper_target_ids
+from common.data.collate import is_multilingual, whisper_log_mel, whisper_prefix, whisper_target_ids
 from common.teachers.protocol import Generation
 from common.teachers.scoring import (
     TeacherScores,
@@ -22,7 +20,6 @@ from common.teachers.scoring import (
     vocab_mask,
 )
 from common.teachers.token_map import control_token_ids
-from common.training.precision import without_autocast
 
 
 class WhisperTeacher:
@@ -54,11 +51,11 @@ class WhisperTeacher:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str]) -> dict[str, Any]:
-        with without_autocast():
-            feats = self.processor.feature_extractor(
-                _as_numpy(audios), sampling_rate=TARGET_SR, return_tensors="pt"
-            ).input_features
+    def prepare(
+        self, audios: Sequence[np.ndarray], languages: Sequence[str], feature_cache_mb: float = 0.0
+    ) -> dict[str, Any]:
+        """The 30 s log-mel features (``feature_cache_mb``: each clip's kept in the process's store; exact)."""
+        feats = whisper_log_mel(self.processor.feature_extractor, audios, feature_cache_mb)
         return {"input_features": feats, "languages": list(languages)}
 
     def encode_text(self, text: str, language: str = "en") -> list[int]:
