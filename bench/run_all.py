@@ -20,6 +20,7 @@ BENCHES = [
     ("opd_loss_memory.py", []),
     ("opd_step.py", []),
     ("kd_step.py", []),
+    ("log_mel.py", []),
     ("latency.py", []),
     ("precision.py", []),
     ("cross_entropy.py", []),
