@@ -112,14 +112,21 @@ def shared_cache(encoder: torch.nn.Module, limit_mb: float) -> EncoderStateCache
     Its budget is the largest ``limit_mb`` asked for it; at most :data:`MAX_SHARED_ENCODERS` stores are kept. States
     computed under autocast (``trainer.precision: bf16-mixed``) are another store than float32 ones: a model reads
     only states of the precision it runs in."""
-    key = weights_fingerprint(encoder) + ":" + autocast_state(encoder)
-    cache = _SHARED.pop(key, None)
+    return _lru_store(
+        _SHARED, weights_fingerprint(encoder) + ":" + autocast_state(encoder), limit_mb, MAX_SHARED_ENCODERS
+    )
+
+
+def _lru_store(stores: OrderedDict, key: str, limit_mb: float, max_stores: int) -> EncoderStateCache:
+    """``stores[key]`` (made if missing, its budget raised to ``limit_mb`` if larger), now the most recently used; the
+    least recently used stores beyond ``max_stores`` are dropped."""
+    cache = stores.pop(key, None)
     if cache is None:  # (an empty store is falsy: it has a length)
         cache = EncoderStateCache(limit_mb)
     cache.limit = max(cache.limit, limit_mb * 2**20)
-    _SHARED[key] = cache
-    while len(_SHARED) > MAX_SHARED_ENCODERS:
-        _SHARED.popitem(last=False)
+    stores[key] = cache
+    while len(stores) > max_stores:
+        stores.popitem(last=False)
     return cache
 
 
@@ -146,15 +153,7 @@ def shared_feature_cache(feature_extractor, limit_mb: float) -> EncoderStateCach
     """The process's store of ``feature_extractor``'s outputs per waveform (keys: :func:`waveform_keys`), found by its
     configuration (:func:`_front_end_fingerprint`); its budget is the largest ``limit_mb`` asked for it. Only for a
     deterministic front end that pads to a fixed window (checked by ``common.data.collate.whisper_log_mel``)."""
-    key = _front_end_fingerprint(feature_extractor)
-    cache = _FEATURES.pop(key, None)
-    if cache is None:
-        cache = EncoderStateCache(limit_mb)
-    cache.limit = max(cache.limit, limit_mb * 2**20)
-    _FEATURES[key] = cache
-    while len(_FEATURES) > MAX_SHARED_FRONT_ENDS:
-        _FEATURES.popitem(last=False)
-    return cache
+    return _lru_store(_FEATURES, _front_end_fingerprint(feature_extractor), limit_mb, MAX_SHARED_FRONT_ENDS)
 
 
 def clear_shared() -> None:
