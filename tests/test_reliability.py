@@ -659,3 +659,23 @@ def test_a_sharded_fsdp_checkpoint_is_refused_at_start_up(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and not run.exists()
     assert len(err) == 1 and "trainer.fsdp.state_dict_type: sharded" in err[0], err
+
+
+def test_deterministic_run_holds_its_flag_only_while_it_runs(tiny_corpus, tmp_path):
+    """``trainer.deterministic=true``: torch's deterministic algorithms are on during the run's steps and off again
+    after it (Lightning's Trainer sets them process-wide; the demo's teacher adaptation is followed in the same
+    process by its teacher cache and latency stages, which must not inherit them)."""
+    import lightning as L
+
+    from ark_asr.run import fit
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, *args) -> None:
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    fit(sft_cfg(tiny_corpus, tmp_path / "det", deterministic=True, max_steps=2), callbacks=[Probe()])
+    assert seen == [True, True]
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -86,7 +86,8 @@ class TrainerConfig:
     """With --resume, how long to wait for the run directory's lock when another process holds it (a requeued job
     starting while the previous one is still being stopped); then refused in one line. A fresh run never waits."""
     deterministic: bool = False
-    """torch deterministic algorithms."""
+    """torch's deterministic algorithms for this run (Lightning's ``deterministic``): bitwise-repeatable runs on one
+    machine where a default kernel is not (the demo's teacher adaptation); put back as before when the run ends."""
     progress_bar: bool = True
     """Show Lightning's progress bar (only when stdout is a terminal; in a log file, plain progress lines instead)."""
     progress_every_n_steps: int = 50

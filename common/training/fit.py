@@ -6,6 +6,7 @@ checkpoints), TensorBoard logs under ``tb/``, per-test-set evaluation files and,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -61,16 +62,33 @@ def run_fit(
     :class:`Preempted` / Lightning's ``SIGTERMException``.
     """
 
-    import contextlib
-
     from common.io import run_dir_lock
 
     check_accelerator(cfg.trainer)  # start-up checks: before the lock and the run directory exist
     run_dir = Path(cfg.run_dir)
     # one process per run directory for the whole run (rank 0 holds it; the other ranks are its own processes)
     lock = run_dir_lock(run_dir, cfg.trainer.lock_wait_seconds if resume else 0.0)
-    with lock if launch_rank() == 0 else contextlib.nullcontext():
+    with lock if launch_rank() == 0 else contextlib.nullcontext(), torch_flags_scoped():
         return _run_fit(cfg, build, transcriber, resume, overwrite, stop_after_steps, on_trained, callbacks)
+
+
+@contextlib.contextmanager
+def torch_flags_scoped():
+    """The process-wide torch flags a Lightning Trainer sets (``trainer.deterministic`` -> torch's deterministic
+    algorithms, cuDNN's benchmark / deterministic) put back as they were when the run ends: one run's
+    ``trainer.deterministic=true`` would otherwise hold for whatever the process does next (the demo's teacher cache
+    and latency stages, a notebook's next cell, a sweep's next point)."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 def check_accelerator(trainer: TrainerConfig) -> None:
