@@ -25,6 +25,35 @@ def test_help_lists_subcommands_and_each_has_help():
         ), name
 
 
+def test_corpora_in_one_pool_are_the_corpora_one_by_one(tmp_path):
+    """``synthesize_corpora`` (the demo's corpus and en_ood in one process pool, largest split first) writes the same
+    manifests and samples as one ``synthesize_corpus`` call per corpus, and its stamps make a second call a no-op."""
+    import numpy as np
+    import soundfile as sf
+
+    from common.data.synth import SynthConfig, synthesize_corpora, synthesize_corpus
+
+    def cfgs(root):
+        return [
+            SynthConfig(out_dir=str(root / "std"), en_sizes=[6, 0, 2], zh_sizes=[0, 0, 0]),
+            SynthConfig(out_dir=str(root / "ood"), seed=1, en_sizes=[0, 0, 3], zh_sizes=[0, 0, 0], domain="shifted"),
+        ]
+
+    one = [synthesize_corpus(c, progress=False) for c in cfgs(tmp_path / "one")]
+    pooled = synthesize_corpora(cfgs(tmp_path / "pool"), progress=False)
+    assert pooled == [tmp_path / "pool" / "std", tmp_path / "pool" / "ood"]
+    for a, b in zip(one, pooled):
+        splits = sorted(p.name for p in a.iterdir() if p.is_dir())
+        assert splits == sorted(p.name for p in b.iterdir() if p.is_dir()) and splits
+        for split in splits:
+            assert (a / split / "manifest.jsonl").read_text() == (b / split / "manifest.jsonl").read_text()
+            for f in sorted((a / split / "audio").iterdir()):
+                assert np.array_equal(sf.read(f)[0], sf.read(b / split / "audio" / f.name)[0]), f.name
+    stamps = [(p / "synth.json").stat().st_mtime_ns for p in pooled]
+    synthesize_corpora(cfgs(tmp_path / "pool"), progress=False)
+    assert [(p / "synth.json").stat().st_mtime_ns for p in pooled] == stamps
+
+
 def test_synth_deterministic_and_cached(tiny_corpus, tmp_path):
     from common.data.synth import SynthConfig, synthesize_corpus
 

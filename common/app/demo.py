@@ -526,17 +526,14 @@ def stage_data(out: Path, st: _Stages, corpus_dir: Path, log: Callable[[str], No
     """The espeak-ng corpus, its disjoint parts (:data:`SPLITS`), ``en_test`` and the real English clips."""
     from common.config import load
     from common.data.manifests import write_jsonl_subset
-    from common.data.synth import SynthConfig, synthesize_corpus
+    from common.data.synth import SynthConfig, synthesize_corpora
 
     corpus: list[Path] = []
-    st.run(
-        "corpus (espeak-ng)",
-        False,
-        lambda: corpus.extend(
-            synthesize_corpus(load(SynthConfig, CONFIGS / name, [f"out_dir={d}"]), replace=True)  # its own cache
-            for name, d in (("synth.yaml", corpus_dir), ("synth_ood.yaml", f"{corpus_dir}_ood"))
-        ),
-    )
+    cfgs = [
+        load(SynthConfig, CONFIGS / name, [f"out_dir={d}"])
+        for name, d in (("synth.yaml", corpus_dir), ("synth_ood.yaml", f"{corpus_dir}_ood"))
+    ]  # one process pool for both: en_ood's split runs beside en_train's
+    st.run("corpus (espeak-ng)", False, lambda: corpus.extend(synthesize_corpora(cfgs, replace=True)))  # its own cache
     pool = str(corpus[0] / "en_train" / "manifest.jsonl")
     parts = {name: out / "data" / name / "manifest.jsonl" for name, _, _ in SPLITS}
     for name, rows, audio_only in SPLITS:  # cheap: rewritten every run, identical when the corpus is
