@@ -463,7 +463,7 @@ def synthesize_corpora(
 
     from tqdm import tqdm
 
-    todo = []  # (out, args, plan) of the corpora to synthesise
+    todo = []  # (cfg, args, plan) of the corpora to synthesise
     for cfg in cfgs:
         out = Path(cfg.out_dir)
         stamp = out / "synth.json"
@@ -480,7 +480,7 @@ def synthesize_corpora(
                 f"{out} holds a corpus synthesised with other arguments ({', '.join(diff)}); "
                 "use another out_dir, or delete it to synthesise this one there"
             )
-        todo.append((out, args, _plan(cfg)))
+        todo.append((cfg, args, _plan(cfg)))
     tasks = sorted(
         ((c, lang, split, rows) for c, (_, _, plan) in enumerate(todo) for (lang, split), rows in plan.items()),
         key=lambda t: -len(t[3]),
@@ -492,19 +492,20 @@ def synthesize_corpora(
             futures = {
                 pool.submit(
                     _synth_split,
-                    str(todo[c][0] / f"{lang}_{split}"),
+                    str(Path(todo[c][0].out_dir) / f"{lang}_{split}"),
                     rows,
-                    random.Random(f"{todo[c][1]['seed']}-{lang}-{split}-noise").getrandbits(63),
+                    random.Random(f"{todo[c][0].seed}-{lang}-{split}-noise").getrandbits(63),
                 ): c
                 for c, lang, split, rows in tasks
             }
-            left = [sum(1 for c in futures.values() if c == i) for i in range(len(todo))]
+            left = [len(plan) for _, _, plan in todo]  # splits still running, per corpus
             for f in as_completed(futures):
                 bar.update(f.result())
                 c = futures[f]
                 left[c] -= 1
                 if left[c] == 0:
-                    out, args, _ = todo[c]
-                    atomic_write_json(out / "synth.json", {"args": args, "generator": "asr-distill synth v2"})
+                    cfg, args, _ = todo[c]
+                    stamp = Path(cfg.out_dir) / "synth.json"
+                    atomic_write_json(stamp, {"args": args, "generator": "asr-distill synth v2"})
         bar.close()
     return [Path(cfg.out_dir) for cfg in cfgs]
