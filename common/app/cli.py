@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides or []) + extra
     _quiet()
+    from common.training.allocator import keep_large_blocks
+
+    keep_large_blocks()  # large CPU tensors reused from the heap, not page-faulted in each step (its docstring)
     from common.audio import AudioError, DependencyError
     from common.data.manifests import ManifestError
     from common.io import RunDirExistsError, RunDirLockedError

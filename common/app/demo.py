@@ -505,6 +505,9 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     st = _Stages(log, prec)
     log(f"[demo] precision {prec} (--precision {precision}), {seeds} seed(s)")
+    from common.training.allocator import keep_large_blocks
+
+    log(f"[demo] CPU allocator: {keep_large_blocks()} (common.training.allocator)")
     data = stage_data(out, st, Path(corpus_dir or default_corpus_dir()), log)
     teacher = stage_teacher(out, st, data)
     for seed in range(seeds):
