@@ -26,6 +26,7 @@ BENCHES = [
     ("cross_entropy.py", []),
     ("optim_step.py", []),
     ("train_step.py", []),
+    ("allocator.py", []),
 ]
 
 

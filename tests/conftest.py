@@ -9,12 +9,14 @@ import lightning as L
 import pytest
 
 from common.paths import shared_real_speech
+from common.training.allocator import keep_large_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SPEECH = shared_real_speech()  # the same lookup as make demo's real_en column
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+keep_large_blocks()  # as asr-distill does at start: large CPU tensors kept in glibc's heap (test_allocator.py)
 
 
 @pytest.fixture(autouse=True)
