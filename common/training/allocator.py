@@ -5,9 +5,10 @@ as blocks are freed, but never above 32 MiB) with a fresh ``mmap`` and gives it 
 a block page-faults and has the kernel zero it again. A training step allocates several such blocks each time: the
 vocabulary-sized logits and their gradient (176 x 50369 float32 = 35 MB on the demo's Ark batch), the tied embedding's
 dense gradient (50369 x 256 float32 = 52 MB), its bf16 autocast copy, a Whisper encoder's 30 s activations. On this
-project's 2-core CPU the demo's Ark-ASR SFT step took ~31,000 minor page faults and ~84 ms of kernel time; with the
-threshold at 1 GiB it takes 1 and ~8 ms (``bench/allocator.py``), and a whole ``make demo`` spent ~11 % of its CPU
-time in the kernel (376 of 3461 s). The numbers a run computes do not change (only where the memory comes from).
+project's 2-core CPU, greedy decoding of 32 clips with Whisper tiny.en took 1.1-1.8 M minor page faults and 2.7-4.1 s of
+kernel time; with the threshold at 1 GiB it takes none and is 1.18-1.30x faster (``bench/allocator.py``; a training
+step's faults go too, its time within noise), and ``make demo``'s kernel time fell from 376 to 105 s (of ~3200 CPU-s).
+The numbers a run computes do not change (only where the memory comes from).
 
 :func:`keep_large_blocks` sets glibc's mmap threshold (blocks below it come from the heap and are reused) and its trim
 threshold (free memory at the heap's top kept up to that size instead of returned at once). It is what PyTorch's CPU
