@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from bench_corpus import demo_corpus  # bench/ (the script's directory)
+from bench_corpus import demo_ark_sft, demo_corpus  # bench/ (the script's directory)
 
 from common.training.allocator import DEFAULT_THRESHOLD_MB, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
@@ -56,9 +56,6 @@ def main() -> None:
     ap.add_argument("--corpus", default=None)
     a = ap.parse_args()
 
-    from ark_asr.config import ArkConfig
-    from ark_asr.run import build as build_ark
-    from common.config import load
     from common.data.collate import whisper_log_mel
     from common.evaluate import DecodeConfig, WhisperTranscriber
     from common.training.optim import configure_optim
@@ -70,12 +67,7 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, {prec}\n")
     print("| step | allocator | wall s | minor page faults | kernel CPU ms |\n|---|---|---|---|---|")
 
-    cfg = load(
-        ArkConfig,
-        "configs/demo/ark_sft.yaml",
-        [f"data.train=[{corpus}/en_train/manifest.jsonl]", "data.test=[]", "run_dir=/tmp/unused"],
-    )
-    module, dm, _ = build_ark(cfg)
+    cfg, module, dm = demo_ark_sft(corpus)
     it = iter(dm.train_dataloader())
     batch = next(it)
     params = [p for p in module.student.parameters() if p.requires_grad]

@@ -29,3 +29,16 @@ def bilingual_corpus(out_dir: str | Path | None = None) -> Path:
     from common.paths import cache_root
 
     return synthesize_corpus(SynthConfig(out_dir=str(out_dir or cache_root() / "synth" / "default")), progress=False)
+
+
+def demo_ark_sft(corpus: Path):
+    """``(cfg, module, datamodule)`` of the demo's Ark-Base SFT stage (configs/demo/ark_sft.yaml) on ``corpus``'s
+    training part, built as ``asr-distill fit`` builds it (no run directory is made)."""
+    from ark_asr.config import ArkConfig
+    from ark_asr.run import build
+    from common.config import load
+
+    over = [f"data.train=[{corpus}/en_train/manifest.jsonl]", "data.test=[]", "run_dir=/tmp/unused"]
+    cfg = load(ArkConfig, CONFIGS / "demo" / "ark_sft.yaml", over)
+    module, dm, _ = build(cfg)
+    return cfg, module, dm

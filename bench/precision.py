@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from bench_corpus import demo_corpus  # bench/ (the script's directory)
+from bench_corpus import demo_ark_sft, demo_corpus  # bench/ (the script's directory)
 
 
 def _median_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
@@ -34,9 +34,6 @@ def main() -> None:
     ap.add_argument("--corpus", default=None)
     a = ap.parse_args()
 
-    from ark_asr.config import ArkConfig
-    from ark_asr.run import build
-    from common.config import load
     from common.training.precision import autocast_for, cpu_has_native_bf16
     from common.whisper import load_whisper
 
@@ -59,12 +56,7 @@ def main() -> None:
     ratios = [f"ratio: tiny.en encoder pass float32 / bf16-mixed = {f32 / b16:.2f} (relative state error {rel:.4f})"]
 
     corpus = demo_corpus(a.corpus)
-    cfg = load(
-        ArkConfig,
-        "configs/demo/ark_sft.yaml",
-        [f"data.train=[{corpus}/en_train/manifest.jsonl]", "data.test=[]", "run_dir=/tmp/unused"],
-    )
-    module, dm, _ = build(cfg)
+    _, module, dm = demo_ark_sft(corpus)
     it = iter(dm.train_dataloader())
     batch = next(it)
 
