@@ -1,16 +1,16 @@
-"""glibc's allocator, default vs ``common.training.allocator.keep_large_blocks``, on the demo's two costliest kinds of
-step, alternating in one process (``mallopt`` switches the policy between steps, so the machine's drift cancels):
+"""glibc's allocator, default vs ``common.training.allocator.keep_large_blocks``, on the demo's costliest kinds of
+work, alternating in one process (``mallopt`` switches the policy between steps, so the machine's drift cancels):
 (1) the Ark-ASR SFT step of configs/demo/ark_sft.yaml (forward, cross-entropy, backward, AdamW), (2) the Whisper
 tiny.en encoder's 30 s pass on a batch of 8 clips (the teacher's decoding, caching and OPD scoring, the ASKD students'
-first epoch). "default" is glibc's mmap threshold at its dynamic ceiling (32 MiB, trim threshold 64 MiB: what a
-long run's default settles at); "kept" is 1 GiB for both. Per step: wall time, minor page faults and kernel CPU time.
+first epoch), (3) the evaluation's greedy tiny.en decoding of 32 clips (``common.evaluate.WhisperTranscriber``).
+"default" is glibc's mmap threshold at its dynamic ceiling (32 MiB, trim threshold 64 MiB: what a long run's default
+settles at); "kept" is 1 GiB for both. Per step: wall time, minor page faults and kernel CPU time.
 Usage: python bench/allocator.py [--repeats 8] [--corpus DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import statistics
 import time
@@ -18,23 +18,16 @@ import time
 import torch
 from bench_corpus import demo_ark_sft, demo_corpus  # bench/ (the script's directory)
 
-from common.training.allocator import DEFAULT_THRESHOLD_MB, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+from common.training.allocator import DEFAULT_THRESHOLD_MB, set_thresholds
 
 POLICIES = {"default": (32, 64), "kept": (DEFAULT_THRESHOLD_MB, DEFAULT_THRESHOLD_MB)}
-
-
-def set_policy(name: str) -> None:
-    mmap_mb, trim_mb = POLICIES[name]
-    libc = ctypes.CDLL(None)
-    assert libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(mmap_mb * 2**20))
-    assert libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(trim_mb * 2**20))
 
 
 def compare(name: str, step, repeats: int) -> float:
     rows = {k: {"wall": [], "faults": [], "sys": []} for k in POLICIES}
     for i in range(repeats + 1):
         for k in POLICIES:
-            set_policy(k)
+            assert set_thresholds(*POLICIES[k])
             step()  # the policy's first step after a switch: not counted (the heap adjusts)
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             step()

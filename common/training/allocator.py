@@ -45,12 +45,20 @@ def keep_large_blocks(threshold_mb: int = DEFAULT_THRESHOLD_MB) -> str:
         return f"skipped: {why}"
     if _applied == threshold_mb:
         return f"applied: mmap and trim thresholds {threshold_mb} MiB (already)"
-    libc = ctypes.CDLL(None)
-    value = ctypes.c_int(threshold_mb * 2**20)
-    if not (libc.mallopt(M_MMAP_THRESHOLD, value) and libc.mallopt(M_TRIM_THRESHOLD, value)):
+    if not set_thresholds(threshold_mb, threshold_mb):
         return "skipped: glibc's mallopt refused the thresholds"
     _applied = threshold_mb
     return f"applied: mmap and trim thresholds {threshold_mb} MiB"
+
+
+def set_thresholds(mmap_mb: int, trim_mb: int) -> bool:
+    """glibc's mmap and trim thresholds, in MiB, with ``mallopt`` (glibc only; no checks: see
+    :func:`keep_large_blocks`). True when glibc took both."""
+    libc = ctypes.CDLL(None)
+    return bool(
+        libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(mmap_mb * 2**20))
+        and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(trim_mb * 2**20))
+    )
 
 
 def _reason_to_skip() -> str:
