@@ -16,6 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("bucketing.py", []),
+    ("corpus.py", []),
     ("teacher_scoring.py", []),
     ("opd_loss_memory.py", []),
     ("opd_step.py", []),
