@@ -21,16 +21,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Installing is cheap when nothing changed (the installer only checks), so `make install` always syncs to the lock.
-# The lock is installed by uv (the tool that writes it): 25 s against pip's 99 s on a fresh 2-core machine, most of
-# pip's time being the byte-compilation of every installed module (docs/RESULTS.md). uv's cache lives inside .venv, on
-# its filesystem, so the packages are hard-linked from it, never copied twice, and it is removed after the install.
-# Where uv cannot install (it reads no pip.conf: an index only pip is configured for), pip installs the lock instead.
+# The lock is installed by uv (the tool that writes it): 45 s against pip's 99 s on a fresh 2-core machine
+# (docs/RESULTS.md). Both byte-compile every module (uv on every core): where PYTHONDONTWRITEBYTECODE is set, as on
+# this project's machines, nothing else would, and every process would compile torch and transformers again on import
+# (13 s against 6.7 s). uv's cache lives inside .venv, on its filesystem, so the packages are hard-linked from it,
+# never copied twice, and it is removed after the install. Where uv cannot install (it reads no pip.conf: an index
+# only pip is configured for), pip installs the lock instead.
 UV_CACHE    := $(VENV)/.uv-cache
 install: $(PY)
 	$(PY) -m pip install -q pip==$(PIP_VERSION) uv==$(UV_VERSION)
-	UV_CACHE_DIR=$(UV_CACHE) $(VENV)/bin/uv pip install -q --python $(PY) -r $(LOCK) \
+	UV_CACHE_DIR=$(UV_CACHE) $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r $(LOCK) \
 	  || { echo "make install: uv could not install $(LOCK); installing it with pip" >&2; \
-	       $(PY) -m pip install -q --no-compile -r $(LOCK); }
+	       $(PY) -m pip install -q -r $(LOCK); }
 	rm -rf $(UV_CACHE)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
