@@ -26,14 +26,23 @@ $(PY):
 # this project's machines, nothing else would, and every process would compile torch and transformers again on import
 # (13 s against 6.7 s). uv's cache lives inside .venv, on its filesystem, so the packages are hard-linked from it,
 # never copied twice, and it is removed after the install. Where uv cannot install (it reads no pip.conf: an index
-# only pip is configured for), pip installs the lock instead.
+# only pip is configured for), pip installs the lock instead; `make install INSTALLER=pip` uses pip only (uv reads its
+# own index settings: UV_DEFAULT_INDEX, UV_INDEX).
 UV_CACHE    := $(VENV)/.uv-cache
+INSTALLER   ?= uv
 install: $(PY)
+ifeq ($(INSTALLER),pip)
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
+	$(PY) -m pip install -q -r $(LOCK)
+else ifeq ($(INSTALLER),uv)
 	$(PY) -m pip install -q pip==$(PIP_VERSION) uv==$(UV_VERSION)
 	UV_CACHE_DIR=$(UV_CACHE) $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r $(LOCK) \
 	  || { echo "make install: uv could not install $(LOCK); installing it with pip" >&2; \
 	       $(PY) -m pip install -q -r $(LOCK); }
 	rm -rf $(UV_CACHE)
+else
+	$(error INSTALLER must be uv or pip, got '$(INSTALLER)')
+endif
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
