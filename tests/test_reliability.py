@@ -664,7 +664,10 @@ def test_a_sharded_fsdp_checkpoint_is_refused_at_start_up(tmp_path, capsys):
 def test_deterministic_run_holds_its_flag_only_while_it_runs(tiny_corpus, tmp_path):
     """``trainer.deterministic=true``: torch's deterministic algorithms are on during the run's steps and off again
     after it (Lightning's Trainer sets them process-wide; the demo's teacher adaptation is followed in the same
-    process by its teacher cache and latency stages, which must not inherit them)."""
+    process by its teacher cache and latency stages, which must not inherit them). So is the cuBLAS workspace
+    variable Lightning sets with it, whether or not the user had set it."""
+    import os
+
     import lightning as L
 
     from ark_asr.run import fit
@@ -673,9 +676,19 @@ def test_deterministic_run_holds_its_flag_only_while_it_runs(tiny_corpus, tmp_pa
 
     class Probe(L.Callback):
         def on_train_batch_start(self, *args) -> None:
-            seen.append(torch.are_deterministic_algorithms_enabled())
+            seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
 
-    assert not torch.are_deterministic_algorithms_enabled()
-    fit(sft_cfg(tiny_corpus, tmp_path / "det", deterministic=True, max_steps=2), callbacks=[Probe()])
-    assert seen == [True, True]
-    assert not torch.are_deterministic_algorithms_enabled()
+    before = os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    try:
+        assert not torch.are_deterministic_algorithms_enabled()
+        fit(sft_cfg(tiny_corpus, tmp_path / "det", deterministic=True, max_steps=2), callbacks=[Probe()])
+        assert seen == [(True, ":4096:8")] * 2
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # the user's own value is kept
+        fit(sft_cfg(tiny_corpus, tmp_path / "det2", deterministic=True, max_steps=1))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        if before is not None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before

@@ -75,20 +75,28 @@ def run_fit(
 @contextlib.contextmanager
 def torch_flags_scoped():
     """The process-wide torch flags a Lightning Trainer sets (``trainer.deterministic`` -> torch's deterministic
-    algorithms, cuDNN's benchmark / deterministic) put back as they were when the run ends: one run's
-    ``trainer.deterministic=true`` would otherwise hold for whatever the process does next (the demo's teacher cache
-    and latency stages, a notebook's next cell, a sweep's next point)."""
+    algorithms, cuDNN's benchmark / deterministic, and the ``CUBLAS_WORKSPACE_CONFIG`` variable that cuBLAS's
+    reproducible mode needs) put back as they were when the run ends: one run's ``trainer.deterministic=true`` would
+    otherwise hold for whatever the process does next (the demo's teacher cache and latency stages, a notebook's next
+    cell, a sweep's next point)."""
+    import os
+
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def check_accelerator(trainer: TrainerConfig) -> None:
