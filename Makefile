@@ -30,15 +30,15 @@ $(PY):
 # own index settings: UV_DEFAULT_INDEX, UV_INDEX).
 UV_CACHE    := $(VENV)/.uv-cache
 INSTALLER   ?= uv
+PIP_LOCK    := $(PY) -m pip install -q -r $(LOCK)
 install: $(PY)
 ifeq ($(INSTALLER),pip)
 	$(PY) -m pip install -q pip==$(PIP_VERSION)
-	$(PY) -m pip install -q -r $(LOCK)
+	$(PIP_LOCK)
 else ifeq ($(INSTALLER),uv)
 	$(PY) -m pip install -q pip==$(PIP_VERSION) uv==$(UV_VERSION)
 	UV_CACHE_DIR=$(UV_CACHE) $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r $(LOCK) \
-	  || { echo "make install: uv could not install $(LOCK); installing it with pip" >&2; \
-	       $(PY) -m pip install -q -r $(LOCK); }
+	  || { echo "make install: uv could not install $(LOCK); installing it with pip" >&2; $(PIP_LOCK); }
 	rm -rf $(UV_CACHE)
 else
 	$(error INSTALLER must be uv or pip, got '$(INSTALLER)')

@@ -412,17 +412,17 @@ def _plan(cfg: SynthConfig) -> dict[tuple[str, str], list[dict]]:
     return plan
 
 
-def _synth_split(split_dir: str, rows: list[dict], noise_seed: int, threads: int = 1) -> int:
+def _synth_split(split_dir: str, rows: list[dict], noise_seed: int, threads: int) -> int:
     """Synthesise one split (run in a fresh process: espeak-ng output depends on the engine's earlier calls,
     so only a fresh engine makes the corpus reproducible). ``threads``: torch's intra-op threads for the resampling,
     the process's share of the cores (the pool runs one split per core: with every process at torch's default, one
-    thread per core each, their OpenMP threads contend; the demo's corpora took 64 s instead of 24 on 2 cores, the
-    same bytes either way)."""
+    thread per core each, their OpenMP threads contend; bench/corpus.py: the demo's corpora 69 s instead of 23 on 2
+    cores, the same bytes either way)."""
     import torch
 
     from common.data.tts import Espeak
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(threads)
     tts = Espeak.get()
     nrng = np.random.default_rng(noise_seed)
     out = []
