@@ -135,6 +135,9 @@ class RotarySelfAttention(nn.Module):
 ROTARY_STYLES = {"rope_released": "released", "rope_full": "full"}
 
 
+_DROPOUT_RATES = ("dropout", "activation_dropout", "attention_dropout")  # Whisper's layer and attention attributes
+
+
 class AudioEncoder(nn.Module):
     """The modules of a HF ``WhisperEncoder`` run on variable-length features (no 30 s padding).
 
@@ -340,10 +343,33 @@ class ArkStudent(nn.Module):
             self.stop_id
         ]
 
-    def audio_embeds(self, feats: torch.Tensor, n_tokens: Sequence[int]) -> torch.Tensor:
-        """Concatenated adapted audio embeddings of the batch, row after row: (sum n_tokens, d_llm)."""
+    def encode_audio(self, feats: torch.Tensor) -> torch.Tensor:
+        """The encoder's states (B, ceil(F/2), d_enc) of a batch's features, before the trainable norm and adapter."""
         p = next(self.adapter.parameters())
-        h = self.norm(self.encoder(feats.to(p.device, p.dtype)))  # (B, T, d_enc)
+        return self.encoder(feats.to(p.device, p.dtype))
+
+    @property
+    def encoder_reusable(self) -> bool:
+        """Whether the encoder's states of a batch can be computed once and used again in the same step: the encoder
+        is frozen (no parameter takes a gradient) and deterministic (eval mode, or every dropout rate of its modules
+        0, as in Whisper's released configs). Then a second pass would give the same tensor, bit for bit."""
+        enc = self.encoder
+        if any(p.requires_grad for p in enc.parameters()):
+            return False
+        if not enc.training:
+            return True
+        for m in enc.modules():  # HF layers keep their rates as floats; nn.Dropout as p
+            rates = [m.p] if isinstance(m, nn.Dropout) else [getattr(m, a, 0.0) for a in _DROPOUT_RATES]
+            if any(isinstance(r, float) and r > 0 for r in rates):
+                return False
+        return True
+
+    def audio_embeds(
+        self, feats: torch.Tensor, n_tokens: Sequence[int], encoded: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Concatenated adapted audio embeddings of the batch, row after row: (sum n_tokens, d_llm). ``encoded``: the
+        batch's :meth:`encode_audio` states from earlier in the step (only where :attr:`encoder_reusable`)."""
+        h = self.norm(self.encode_audio(feats) if encoded is None else encoded)  # (B, T, d_enc)
         B, T, d = h.shape
         m = self.cfg.merge
         if T < m:  # a clip shorter than one audio token: zero frames complete it (the release does the same)
@@ -360,8 +386,14 @@ class ArkStudent(nn.Module):
         return emb.masked_scatter(mask, audio.to(emb.dtype))
 
     # -- teacher forcing ------------------------------------------------------------------------
-    def forward_hidden(self, feats: torch.Tensor, feature_lens: torch.Tensor, targets: Sequence[Sequence[int]]):
-        """Final hidden states at the positions that predict each target token.
+    def forward_hidden(
+        self,
+        feats: torch.Tensor,
+        feature_lens: torch.Tensor,
+        targets: Sequence[Sequence[int]],
+        encoded: torch.Tensor | None = None,
+    ):
+        """Final hidden states at the positions that predict each target token (``encoded``: see :meth:`audio_embeds`).
 
         Returns hidden (B, T, d_llm), target ids (B, T) and mask (B, T) (right padding, prompt + target[:-1]).
         """
@@ -370,7 +402,8 @@ class ArkStudent(nn.Module):
         prompts = [self.prompt_ids(n) for n in n_tok]
         ids, att = right_pad([p + list(t)[:-1] for p, t in zip(prompts, targets)], self.pad_id)
         ids, att = ids.to(dev), att.to(dev)
-        out = self.backbone()(inputs_embeds=self._embeds(ids, self.audio_embeds(feats, n_tok)), attention_mask=att)
+        emb = self._embeds(ids, self.audio_embeds(feats, n_tok, encoded))
+        out = self.backbone()(inputs_embeds=emb, attention_mask=att)
         tgt, mask = pad_targets(targets, self.pad_id)
         tgt, mask = tgt.to(dev), mask.to(dev)
         return predicting_states(out.last_hidden_state, [len(p) for p in prompts], tgt.shape[1]), tgt, mask
@@ -414,9 +447,11 @@ class ArkStudent(nn.Module):
         do_sample: bool = False,
         temperature: float = 1.0,
         record_topk: int = 0,
+        return_encoded: bool = False,
     ) -> dict[str, Any]:
         """Batched KV-cached decoding from left-padded prompts. Returns ``ids`` (lists without the stop token),
-        ``stopped`` (bools) and, with ``record_topk``, ``topk`` ((steps, k) long per row, the chosen id included)."""
+        ``stopped`` (bools), with ``record_topk`` ``topk`` ((steps, k) long per row, the chosen id included), and with
+        ``return_encoded`` ``encoded``, the encoder's states of the batch (for a re-score in the same step)."""
         from transformers import LogitsProcessorList
 
         dev = next(self.llm.parameters()).device
@@ -428,7 +463,8 @@ class ArkStudent(nn.Module):
         for i, p in enumerate(prompts):
             ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
         ids, att = ids.to(dev), att.to(dev)
-        emb = self._embeds(ids, self.audio_embeds(feats, n_tok))
+        encoded = self.encode_audio(feats)
+        emb = self._embeds(ids, self.audio_embeds(feats, n_tok, encoded))
         procs = [_BlockTokens(self.control_ids)]
         rec = _RecordTopK(record_topk) if record_topk else None
         if rec:
@@ -451,6 +487,8 @@ class ArkStudent(nn.Module):
             stopped = self.stop_id in s
             res["ids"].append(s[: s.index(self.stop_id)] if stopped else s)
             res["stopped"].append(stopped)
+        if return_encoded:
+            res["encoded"] = encoded
         if rec:
             steps = torch.stack(rec.steps, 1) if rec.steps else torch.zeros(len(seqs), 0, record_topk, dtype=torch.long)
             chosen = out[:, : steps.shape[1]].to(steps.device)

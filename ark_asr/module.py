@@ -113,7 +113,8 @@ class ArkModule(L.LightningModule):
         ]
         t2 = time.perf_counter()
         # 5. the student re-scores with grad; 6. candidates U_t = S_t u K_t; 7. union top-k KL at U_t
-        hidden, tgt, mask = s.forward_hidden(batch["input_features"], batch["feature_lens"], s_targets)
+        feats, lens = batch["input_features"], batch["feature_lens"]  # a frozen encoder's states: the rollout's
+        hidden, tgt, mask = s.forward_hidden(feats, lens, s_targets, roll.get("encoded"))
         T = tgt.shape[1]
         mask = mask & sc.mask[:, :T].to(mask.device)
         S = self.student_candidates(hidden, tgt, roll, s_targets)
@@ -157,6 +158,7 @@ class ArkModule(L.LightningModule):
                 do_sample=o.rollout == "sample",
                 temperature=o.temperature,
                 record_topk=o.top_k,
+                return_encoded=s.encoder_reusable,  # the re-score (step 5) reads them: one encoder pass per step
             )
         texts = [s.decode(ids) for ids in roll["ids"]]
         empty = [not t for t in texts]

@@ -601,3 +601,44 @@ def test_self_training_control_trains_on_the_students_own_transcripts(tiny_corpu
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="td_source=self"):
         ark_cfg(tiny_corpus, tmp_path / "r2", "td", td_source="self", teacher_cache=None)
+
+
+def test_opd_step_encodes_the_audio_once_with_a_frozen_encoder(tiny_corpus, teacher, monkeypatch):
+    """A frozen, deterministic encoder's states from the rollout are the re-score's: one encoder pass per OPD step
+    (counted by a forward hook on the real encoder), and the loss and every gradient equal those of the step that
+    encodes the batch twice, bit for bit. A trainable encoder, or one whose dropout is live, is never reused."""
+    module, batch = _opd_module(tiny_corpus, teacher)
+    s = module.student
+    module.train()  # as in a fit: the frozen encoder is in training mode too
+    assert s.encoder_reusable
+    calls = []
+    hook = s.encoder.register_forward_hook(lambda *_: calls.append(1))
+    results = []
+    for reuse in (True, False):
+        monkeypatch.setattr(type(s), "encoder_reusable", property(lambda self, r=reuse: r))
+        calls.clear()
+        s.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        loss, _ = module.opd_step(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in s.named_parameters() if p.grad is not None}
+        results.append((len(calls), loss.detach(), grads))
+    hook.remove()
+    monkeypatch.undo()
+    (n1, l1, g1), (n2, l2, g2) = results
+    assert (n1, n2) == (1, 2)
+    assert torch.equal(l1, l2) and g1.keys() == g2.keys() and g1
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
+    assert not any(k.startswith("encoder.") for k in g1)  # frozen: no gradient reaches it
+    layer = s.encoder.layers[0]
+    old = layer.dropout
+    layer.dropout = 0.1  # a live dropout rate in training mode: two passes would differ
+    try:
+        assert not s.encoder_reusable
+        s.eval()
+        assert s.encoder_reusable  # eval mode: dropout is off
+        s.train()
+    finally:
+        layer.dropout = old
+    s.encoder.layers[0].fc1.weight.requires_grad_(True)  # a trainable encoder: its states need their graph
+    assert not s.encoder_reusable
