@@ -61,7 +61,7 @@ def measure(module, cfg, batches, precision: str = "32-true") -> dict[str, float
     for b in batches:
         if module.teacher.reusable_encoder:  # the teacher's encoder pass alone, which no exact step can skip
             with autocast_for(precision):
-                feats = module.teacher.prepare(b["audios"], ["en"] * len(b["ids"]))
+                feats = module.teacher.prepare(b["audios"], b["languages"])
                 t0 = time.perf_counter()
                 module.teacher.encode(feats)
             t["teacher_encoder"].append(time.perf_counter() - t0)
@@ -149,7 +149,6 @@ def main() -> None:
     )
     print("\nteacher: Whisper tiny.en (real; every clip padded to its 30 s window), encoder states computed")
     table(med)
-    print(f"OPD-step / SFT-step = {med['opd'] / med['sft']:.2f}")
     print(f"ratio: OPD step / SFT step time = {med['opd'] / med['sft']:.2f} (first epoch, Whisper teacher; goal <= 4)")
     floor = med["teacher_encoder"] / med["sft"]
     print(
